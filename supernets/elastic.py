@@ -1,0 +1,84 @@
+"""The elastic MBConv: `ofa`'s DynamicMBConvLayer with a leaner forward and static extraction.
+
+The parameters, their names, the kernel transformation matrices and the channel sorting
+(`re_organize_middle_weights`) are `ofa`'s, so OFA checkpoints load unchanged. The forward
+slices weights only when a dimension is actually smaller than its maximum and uses fused
+activations; it computes the same function as `ofa`'s.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from ofa.imagenet_classification.elastic_nn.modules.dynamic_layers import DynamicMBConvLayer
+from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import DynamicBatchNorm2d
+from torch import nn
+
+from .layers import ACTIVATION_FNS, Position, middle_channels, se_channels
+
+_bn = DynamicBatchNorm2d.bn_forward
+
+
+def _take(weight: torch.Tensor, out: int, cin: int) -> torch.Tensor:
+    if weight.size(0) == out and weight.size(1) == cin:
+        return weight
+    return weight[:out, :cin]
+
+
+def _bn_state(bn: nn.BatchNorm2d, channels: int, prefix: str) -> dict[str, torch.Tensor]:
+    state = {f"{prefix}{name}": getattr(bn, name)[:channels]
+             for name in ("weight", "bias", "running_mean", "running_var")}
+    state[f"{prefix}num_batches_tracked"] = bn.num_batches_tracked
+    return state
+
+
+class ElasticMBConv(DynamicMBConvLayer):
+    def __init__(self, pos: Position, kernels: tuple[int, ...], expands: tuple[int, ...]) -> None:
+        super().__init__([pos.in_channels], [pos.out_channels], list(kernels), list(expands),
+                         pos.stride, pos.act, pos.se)
+        self._act = ACTIVATION_FNS[pos.act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cin, cout, k = x.size(1), self.active_out_channel, self.active_kernel_size
+        mid = middle_channels(cin, self.active_expand_ratio)
+        ib, dc, pl = self.inverted_bottleneck, self.depth_conv, self.point_linear
+        x = F.conv2d(x, _take(ib.conv.conv.weight, mid, cin))
+        x = self._act(_bn(x, ib.bn.bn, mid))
+        x = F.conv2d(x, self._depthwise_filter(mid, k), None, self.stride, k // 2, 1, mid)
+        x = self._act(_bn(x, dc.bn.bn, mid))
+        if self.use_se:
+            x = self._se(x, mid)
+        x = F.conv2d(x, _take(pl.conv.conv.weight, cout, mid))
+        return _bn(x, pl.bn.bn, cout)
+
+    def _depthwise_filter(self, mid: int, kernel: int) -> torch.Tensor:
+        conv = self.depth_conv.conv
+        if kernel == max(self.kernel_size_list):
+            return conv.conv.weight[:mid] if mid < conv.max_in_channels else conv.conv.weight
+        return conv.get_active_filter(mid, kernel)
+
+    def _se(self, x: torch.Tensor, mid: int) -> torch.Tensor:
+        fc = self.depth_conv.se.fc
+        se_mid = se_channels(mid)
+        y = x.mean((2, 3), keepdim=True)
+        y = F.relu(F.conv2d(y, _take(fc.reduce.weight, se_mid, mid), fc.reduce.bias[:se_mid]))
+        y = F.conv2d(y, _take(fc.expand.weight, mid, se_mid), fc.expand.bias[:mid])
+        return x * F.hardsigmoid(y)
+
+    def active_state(self, cin: int, kernel: int, expand: int) -> dict[str, torch.Tensor]:
+        """Weights of the static `layers.MBConv` for (kernel, expand), under its parameter names."""
+        mid = middle_channels(cin, expand)
+        cout = self.active_out_channel
+        ib, dc, pl = self.inverted_bottleneck, self.depth_conv, self.point_linear
+        state = {"inverted_bottleneck.conv.weight": ib.conv.conv.weight[:mid, :cin],
+                 "depth_conv.conv.weight": self._depthwise_filter(mid, kernel),
+                 "point_linear.conv.weight": pl.conv.conv.weight[:cout, :mid]}
+        state.update(_bn_state(ib.bn.bn, mid, "inverted_bottleneck.bn."))
+        state.update(_bn_state(dc.bn.bn, mid, "depth_conv.bn."))
+        state.update(_bn_state(pl.bn.bn, cout, "point_linear.bn."))
+        if self.use_se:
+            fc, se_mid = dc.se.fc, se_channels(mid)
+            state.update({"depth_conv.se.reduce.weight": fc.reduce.weight[:se_mid, :mid],
+                          "depth_conv.se.reduce.bias": fc.reduce.bias[:se_mid],
+                          "depth_conv.se.expand.weight": fc.expand.weight[:mid, :se_mid],
+                          "depth_conv.se.expand.bias": fc.expand.bias[:mid]})
+        return state
