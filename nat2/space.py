@@ -67,11 +67,11 @@ class SearchSpace:
         bad = np.argwhere(rows != np.round(rows))
         if len(bad):
             r, i = bad[0]
-            raise EncodingError(f"{self.gene_name(i)} = {rows[r, i]!r} is not an integer")
+            raise EncodingError(f"{self.gene_name(i)} = {rows[r, i].item()!r} is not an integer")
         bad = np.argwhere((rows < self.xl) | (rows > self.xu))
         if len(bad):
             r, i = bad[0]
-            raise EncodingError(f"{self.gene_name(i)} = {rows[r, i]!r} is out of range "
+            raise EncodingError(f"{self.gene_name(i)} = {rows[r, i].item()!r} is out of range "
                                 f"{self.xl[i]}..{self.xu[i]}")
         return arr.astype(np.int64)
 
