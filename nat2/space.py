@@ -46,6 +46,7 @@ class SearchSpace:
         self._mbconv_genes = np.array(
             [g >= 1 and bool(self.key_order[(g - 1) // self._nke] & MBCONV) for g in range(gene_max + 1)])
         self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._blocks = [None] + [self._block(g) for g in range(1, gene_max + 1)]  # decoded genes, built once
 
     # -- names and checks -------------------------------------------------------------------
     def gene_name(self, i: int) -> str:
@@ -109,7 +110,7 @@ class SearchSpace:
         sp = self.space
         exit_ = sp.exits[x[2]] if self.early_exits else N_STAGES
         genes = x[self.n_head:].reshape(N_STAGES, BLOCKS_PER_STAGE)
-        stages = [[self._block(int(g)) for g in genes[s] if g > 0] for s in range(exit_)]
+        stages = [[self._blocks[g] for g in genes[s] if g > 0] for s in range(exit_)]
         return Architecture(sp.resolutions[x[0]], sp.widths[x[1]], stages)
 
     def _block(self, gene: int) -> Block:
@@ -176,7 +177,7 @@ class SearchSpace:
                         s, b = divmod(p, BLOCKS_PER_STAGE)
                         pos, size = plan.position(s, b), sizes[s] if b == 0 else sizes[s + 1]
                         for g in range(1, n_genes):
-                            c = block_cost(pos, self._block(g), size)
+                            c = block_cost(pos, self._blocks[g], size)
                             blocks[wi, ri, p, g] = (c.params, c.macs)
             tables[n_classes] = (blocks, base)
         return tables[n_classes]

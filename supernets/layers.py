@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Sequence
 
 import torch
@@ -72,6 +73,7 @@ class Plan:
     def stage_channels(self, stage: int) -> int:
         return divisible(STAGES[stage][0] * self.width)
 
+    @lru_cache(maxsize=None)
     def position(self, stage: int, index: int) -> Position:
         out, stride, act, se = STAGES[stage]
         cout = self.stage_channels(stage)
