@@ -20,8 +20,8 @@ def normalize_exits(arch: Architecture, exits: Sequence[int] | str | None,
     if exits == "all":
         return tuple(range(1, arch.exit + 1))
     chosen = tuple(exits)
-    if (not chosen or list(chosen) != sorted(set(chosen)) or chosen[-1] != arch.exit
-            or chosen[0] < 1 or any(not isinstance(x, int) for x in chosen)):
+    if (not chosen or any(not isinstance(x, int) for x in chosen) or list(chosen) != sorted(set(chosen))
+            or chosen[0] < 1 or chosen[-1] != arch.exit):
         raise ArchitectureError(f"exits = {exits!r} is not allowed; expected None, 'all' or an "
                                 f"increasing list of exits in 1..{arch.exit} ending at {arch.exit}")
     return chosen

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .arch import BRANCH_KEYS, CONV1X1, MBCONV, N_STAGES, TRANSFORM, Architecture, ArchitectureError, Space
+from .arch import (BLOCKS_PER_STAGE, BRANCH_KEYS, CONV1X1, MBCONV, N_STAGES, TRANSFORM, Architecture,
+                   ArchitectureError, Space)
 from .elastic import ElasticMBConv
-from .arch import BLOCKS_PER_STAGE
 from .layers import Body, ParallelBlock, Plan, Position, parallel_branches
 from .subnet import Subnet, normalize_exits
 

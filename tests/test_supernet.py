@@ -191,8 +191,9 @@ def test_set_active_rejects_architectures_outside_the_space():
     with pytest.raises(ArchitectureError, match=r"exits = 'all' needs an early-exit"):
         net.extract(net.space.max_arch(), "all")
     ee = Supernet(10, early_exits=True)
-    with pytest.raises(ArchitectureError, match=r"ending at 5"):
-        ee.extract(ee.space.max_arch(), [1, 3])
+    for bad in ([1, 3], [3, 2, 5], ["1", 5], []):
+        with pytest.raises(ArchitectureError, match=r"ending at 5"):
+            ee.extract(ee.space.max_arch(), bad)
 
 
 def test_sample_active_set_max_set_min(rng):
