@@ -3,40 +3,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from supernets import ArchitectureError, Space, Supernet, recalibrate_bn
+from supernets import ArchitectureError, CheckpointError, recalibrate_bn
 from supernets import DatasetError, load_splits, make_loader
+from supernets.phases import PhaseError
+from supernets.train import TrainingError
 
 from .config import ConfigError, load_config
-from .space import EncodingError, SearchSpace
+from .factory import build_space, build_supernets
+from .space import EncodingError
+from .train import cmd_train_supernet
 
-USER_ERRORS = (ConfigError, DatasetError, ArchitectureError, EncodingError)
-
-
-def build_space(config: dict) -> SearchSpace:
-    sn = config["supernet"]
-    return SearchSpace(Space(
-        resolutions=tuple(sn["resolutions"]), widths=tuple(float(w) for w in sn["widths"]),
-        kernels=tuple(sn["kernels"]), expands=tuple(sn["expands"]), depths=tuple(sn["depths"]),
-        keys=(1, 2, 3, 4, 5, 6, 7) if sn["parallel"] else (4,),
-        exits=(1, 2, 3, 4, 5) if sn["early_exits"] else (5,)))
+USER_ERRORS = (ConfigError, DatasetError, ArchitectureError, EncodingError, PhaseError, CheckpointError, TrainingError)
 
 
-def build_supernets(config: dict, space: SearchSpace, n_classes: int) -> dict[float, Supernet]:
-    """One supernet per width multiplier (the W gene chooses among them)."""
-    sn = config["supernet"]
-    return {w: Supernet(n_classes, w, dense=sn["dense"], parallel=sn["parallel"], early_exits=sn["early_exits"],
-                        space=replace(space.space, widths=(w,)), dropout=sn["dropout"],
-                        bn_momentum=sn["bn_momentum"], bn_eps=sn["bn_eps"])
-            for w in space.space.widths}
-
-
-def cmd_sample(config: dict) -> None:
+def cmd_sample(config: dict, args: argparse.Namespace) -> None:
     """Build the supernets, sample subnets with the NAT2 sampler, extract each, recalibrate its
     BN on the calibration images and print its architecture, params and MACs."""
     space = build_space(config)
@@ -61,7 +46,7 @@ def cmd_sample(config: dict) -> None:
         print(f"{enc:<70} {p:>10.3f} {m:>9.2f}  {arch}")
 
 
-COMMANDS = {"sample": cmd_sample}
+COMMANDS = {"sample": cmd_sample, "train-supernet": cmd_train_supernet}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,10 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set sample.n=20")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stage from the last checkpoint in the run directory")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.set)
-        COMMANDS[args.command](config)
+        COMMANDS[args.command](config, args)
     except USER_ERRORS as err:
         print(f"nat2: error: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,46 @@ DEFAULTS: dict[str, Any] = {
         "dropout": 0.1, "bn_momentum": 0.1, "bn_eps": 1.0e-5,
     },
     "sample": {"n": 8, "seed": 0, "batch_size": 100},
+    "run": {"dir": None},
+    "train": {
+        "schedule": "eps", "source": None, "device": "auto",
+        "batch_size": 64, "reference_batch": 64, "eval_batch_size": 256, "num_workers": 0,
+        "momentum": 0.9, "nesterov": True, "weight_decay": 3.0e-5, "label_smoothing": 0.1, "grad_clip": None,
+        "kd_ratio": 1.0, "kd_temperature": 1.0, "teacher_bn": "eval", "aep_scheme": "desc",
+        "bf16": False, "seed": 0, "val_every": 1, "val_settings": 32,
+        # Extended Progressive Shrinking (spec/training.md section 1); lr for a batch of 64.
+        "eps": [
+            {"name": "full", "epochs": 180, "lr": 0.08, "dropout": 0.2, "aep": True},
+            {"name": "kernel", "kernels": "all", "epochs": 120, "warmup_epochs": 5, "lr": 0.03},
+            {"name": "level1", "only": "parallel", "keys": [3, 5, 6, 7], "epochs": 25, "lr": 2.5e-3,
+             "subnets_per_step": 2},
+            {"name": "level2", "only": "parallel", "keys": "all", "epochs": 120, "warmup_epochs": 5, "lr": 7.5e-3,
+             "subnets_per_step": 2},
+            {"name": "exit1", "only": "early_exits", "exits": [4, 5], "epochs": 25, "lr": 1.875e-3,
+             "subnets_per_step": 2},
+            {"name": "exit2", "only": "early_exits", "exits": [3, 4, 5], "epochs": 60, "warmup_epochs": 5,
+             "lr": 3.75e-3, "subnets_per_step": 2},
+            {"name": "exit3", "only": "early_exits", "exits": [2, 3, 4, 5], "epochs": 90, "warmup_epochs": 5,
+             "lr": 7.5e-3, "subnets_per_step": 2},
+            {"name": "exit4", "only": "early_exits", "exits": "all", "epochs": 120, "warmup_epochs": 5, "lr": 0.015,
+             "subnets_per_step": 2},
+            {"name": "depth1", "depths": [3, 4], "epochs": 25, "lr": 2.5e-3, "subnets_per_step": 2},
+            {"name": "depth2", "depths": "all", "epochs": 120, "warmup_epochs": 5, "lr": 7.5e-3, "subnets_per_step": 2},
+            {"name": "expand1", "expands": [4, 6], "epochs": 25, "lr": 2.5e-3, "subnets_per_step": 4,
+             "sort_channels": True},
+            {"name": "expand2", "expands": "all", "epochs": 120, "warmup_epochs": 5, "lr": 7.5e-3,
+             "subnets_per_step": 4, "sort_channels": True},
+        ],
+        # NAT2 warm-up on a target dataset (spec/training.md section 3): the max network, then the
+        # whole space with uniform sampling and KD from it. Epoch counts are our choice.
+        "warmup": [
+            {"name": "max", "epochs": 25, "warmup_epochs": 5, "lr": 7.5e-3, "weight_decay": 3.0e-4,
+             "grad_clip": 5.0, "aep": True},
+            {"name": "uniform", "kernels": "all", "expands": "all", "depths": "all", "keys": "all", "exits": "all",
+             "epochs": 100, "warmup_epochs": 5, "lr": 7.5e-3, "weight_decay": 3.0e-4, "grad_clip": 5.0,
+             "subnets_per_step": 4},
+        ],
+    },
 }
 
 

@@ -122,6 +122,21 @@ class Supernet(Body):
         device = next(self.parameters()).device
         return subnet.to(device).train(self.training)
 
+    # -- training helpers -------------------------------------------------------------------
+    def sort_channels(self, expand_stage: int = 0) -> None:
+        """Sort every elastic MBConv's middle channels by importance (`ofa`'s channel sorting), so
+        that smaller expand ratios keep the most important channels; the max network's function
+        is unchanged. `expand_stage` 0 before the first expand phase, 1 before the second."""
+        for stage in self.stages:
+            for block in stage:
+                block.mbconv.re_organize_middle_weights(expand_ratio_stage=expand_stage)
+
+    def set_dropout(self, p: float) -> None:
+        """Dropout before every exit's classifier (phases differ: 0.2 in the full phase)."""
+        for head in self.exits.values():
+            head.dropout.p = p
+        self.dropout = p
+
     # -- heads ------------------------------------------------------------------------------
     def reset_heads(self, n_classes: int) -> None:
         """New, freshly initialised classifiers for `n_classes` classes (e.g. a new dataset)."""

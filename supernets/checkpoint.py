@@ -1,0 +1,96 @@
+"""Checkpoints of plain tensors and primitives, written atomically, read with clear errors.
+
+A run killed while writing keeps its previous checkpoint: files are written to a temporary name
+in the same folder and renamed over the old one.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .ofa_compat import CheckpointError, load_ofa_state_dict
+from .supernet import Supernet
+
+FORMAT = "nat2-supernet"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on CPU with `weights_only=True`; a missing or unreadable file raises
+    CheckpointError naming the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); "
+                              "expected a file written by torch.save (nat2 or ofa format)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}; expected a mapping")
+    return state
+
+
+def supernet_meta(supernet: Supernet) -> dict[str, Any]:
+    return {"n_classes": supernet.n_classes, "width": supernet.width, "dense": supernet.dense,
+            "parallel": supernet.parallel, "early_exits": supernet.early_exits}
+
+
+def check_meta(path: Path, state: dict[str, Any], supernet: Supernet, *, classes: bool = True) -> None:
+    """Raise CheckpointError when `state` was written for another kind of supernet."""
+    if state.get("format") != FORMAT or not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"checkpoint {path} is not a nat2 supernet checkpoint (no format={FORMAT!r} and model)")
+    want = supernet_meta(supernet)
+    have = state.get("supernet", {})
+    keys = [k for k in want if classes or k != "n_classes"]
+    diff = {k: (have.get(k), want[k]) for k in keys if have.get(k) != want[k]}
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was written for another supernet: "
+                              + ", ".join(f"{k} = {a!r} (expected {b!r})" for k, (a, b) in diff.items()))
+
+
+def load_source(supernet: Supernet, path: str | Path) -> str:
+    """Start `supernet` from a source checkpoint (nat2 or `ofa` OFAMobileNetV3 format).
+
+    Classifiers whose class count differs from the supernet's are left freshly initialised (the
+    heads are reset for the target dataset). Returns the format that was recognised.
+    """
+    path = Path(path)
+    state = load_checkpoint(path)
+    if state.get("format") == FORMAT:
+        check_meta(path, state, supernet, classes=False)
+        ours = supernet.state_dict()
+        model = {k: v for k, v in state["model"].items() if not (".classifier." in k and ours.get(k) is not None
+                                                                  and ours[k].shape != v.shape)}
+        missing, unexpected = supernet.load_state_dict(model, strict=False)
+        missing = [k for k in missing if ".classifier." not in k]
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} does not fit this supernet: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
+        return FORMAT
+    model = state.get("state_dict", state)
+    if not all(isinstance(v, torch.Tensor) for v in model.values()):
+        raise CheckpointError(f"checkpoint {path} is neither a nat2 checkpoint nor an ofa state dict "
+                              "(expected tensors, or a mapping with 'state_dict')")
+    n_classes = supernet.n_classes
+    model = {k: v for k, v in model.items() if not (k.startswith("classifier.") and v.shape[0] != n_classes)}
+    load_ofa_state_dict(supernet, model)
+    return "ofa"

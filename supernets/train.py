@@ -1,0 +1,351 @@
+"""Supernet training through a phase table: Extended Progressive Shrinking and the NAT2 warm-up.
+
+Each phase starts from the previous phase's best checkpoint and distils from its progressively
+extracted teacher (PET): the max network of that checkpoint, BN recalibrated, frozen. A step
+draws one resolution and `subnets_per_step` subnets from the phase's space (seeded by the step,
+so every rank trains the same subnets), accumulates their gradients, then takes one SGD step.
+Checkpoints are written at the end of every epoch; a killed run continues from the last one and
+ends with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .aep import SCHEMES, aep_loss, aep_weights, as_exits, ensemble_logits
+from .arch import Architecture
+from .bn import recalibrate_bn
+from .checkpoint import FORMAT, atomic_save, check_meta, load_checkpoint, supernet_meta
+from .data import Splits
+from .distributed import Dist, ResolutionBatchSampler, all_reduce_sum, step_seed
+from .kd import TEACHER_BN_MODES, freeze, kd_loss, teacher_logits
+from .phases import Phase, validation_grid
+from .supernet import Supernet
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Settings shared by all phases (the phase table overrides lr, weight decay, dropout, clip).
+
+    `lr` of a phase is for a global batch of `reference_batch`; it is scaled linearly to
+    `batch_size` x processes.
+    """
+
+    batch_size: int = 64
+    reference_batch: int = 64
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    kd_ratio: float = 1.0
+    kd_temperature: float = 1.0
+    teacher_bn: str = "eval"
+    aep_scheme: str = "desc"
+    grad_clip: float | None = None
+    bf16: bool = False
+    seed: int = 0
+    val_every: int = 1
+    val_settings: int = 32
+    eval_batch_size: int = 256
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "reference_batch", "val_every", "val_settings", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} = {value!r}; expected a positive integer")
+        if self.teacher_bn not in TEACHER_BN_MODES:
+            raise ValueError(f"teacher_bn = {self.teacher_bn!r}; expected one of {', '.join(TEACHER_BN_MODES)}")
+        if self.aep_scheme not in SCHEMES:
+            raise ValueError(f"aep_scheme = {self.aep_scheme!r}; expected one of {', '.join(SCHEMES)}")
+        if self.kd_temperature <= 0 or self.kd_ratio < 0 or not 0 <= self.label_smoothing < 1:
+            raise ValueError("expected kd_temperature > 0, kd_ratio >= 0 and 0 <= label_smoothing < 1; got "
+                             f"{self.kd_temperature}, {self.kd_ratio}, {self.label_smoothing}")
+
+
+def _loader(dataset: Any, resolution: int, batch_size: int, positions: Sequence[int] | None = None,
+            num_workers: int = 0) -> DataLoader:
+    """A fixed-order loader of `dataset` at `resolution` (ImageSet's (index, resolution) items)."""
+    positions = range(len(dataset)) if positions is None else positions
+    return DataLoader(dataset, batch_size=batch_size, sampler=[(i, resolution) for i in positions],
+                      num_workers=num_workers)
+
+
+def build_teacher(supernet: Supernet, splits: Splits, options: TrainOptions, device: torch.device) -> nn.Module:
+    """PET: the supernet's max network (every exit of an early-exit supernet), BN recalibrated on
+    the calibration images, frozen."""
+    arch = supernet.space.max_arch()
+    teacher = supernet.extract(arch, "all" if supernet.early_exits else None).to(device)
+    calibration = _loader(splits.calibration, arch.resolution, options.eval_batch_size)
+    recalibrate_bn(teacher, ((x.to(device), y) for x, y in calibration))
+    return freeze(teacher, options.teacher_bn)
+
+
+@torch.no_grad()
+def validate(supernet: Supernet, archs: Sequence[Architecture], splits: Splits, options: TrainOptions,
+             ctx: Dist = Dist(), aep: bool = False) -> list[float]:
+    """Validation top-1 (%) of each architecture, each after BN recalibration on the calibration
+    images; the validation images are sharded over ranks and the counts all-reduced."""
+    was_training = supernet.training
+    shard = range(ctx.rank, len(splits.val), ctx.world_size)
+    top1 = []
+    for arch in archs:
+        exits = "all" if aep and supernet.early_exits else None
+        supernet.set_active(arch, exits)
+        beta = aep_weights(options.aep_scheme, len(supernet.active_exits))[1]
+        calibration = _loader(splits.calibration, arch.resolution, options.eval_batch_size)
+        recalibrate_bn(supernet, ((x.to(ctx.device), y) for x, y in calibration))
+        supernet.eval()
+        correct = total = 0
+        for x, y in _loader(splits.val, arch.resolution, options.eval_batch_size, shard, options.num_workers):
+            logits = ensemble_logits(supernet(x.to(ctx.device)), beta)
+            correct += (logits.argmax(1).cpu() == y).sum().item()
+            total += len(y)
+        correct, total = all_reduce_sum([correct, total], ctx)
+        top1.append(100.0 * correct / max(total, 1))
+    supernet.train(was_training)
+    return top1
+
+
+class _Metrics:
+    """metrics.csv rewritten atomically from the history kept in the checkpoint, plus TensorBoard."""
+
+    def __init__(self, path: Path, tb_dir: Path | None, tag: str) -> None:
+        self.path, self.tag = path, tag
+        self.writer = None
+        if tb_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(tb_dir))
+
+    def write(self, history: list[dict[str, Any]]) -> None:
+        buf = io.StringIO()
+        out = csv.DictWriter(buf, fieldnames=list(history[0]))
+        out.writeheader()
+        out.writerows(history)
+        tmp = self.path.with_suffix(".csv.tmp")
+        tmp.write_text(buf.getvalue())
+        tmp.replace(self.path)
+        if self.writer is not None:
+            row = history[-1]
+            for key, value in row.items():
+                if key != "epoch" and value != "":
+                    self.writer.add_scalar(f"{self.tag}/{key}", value, row["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class PhaseTrainer:
+    """Runs one phase on one supernet: the epoch loop, validation, checkpoints, metrics."""
+
+    def __init__(self, supernet: Supernet, phase: Phase, index: int, splits: Splits, options: TrainOptions,
+                 out_dir: Path, ctx: Dist, teacher: nn.Module | None, tb_dir: Path | None,
+                 base_dropout: float) -> None:
+        self.supernet, self.phase, self.index, self.splits = supernet, phase, index, splits
+        self.base_dropout = base_dropout
+        self.options, self.dir, self.ctx, self.teacher = options, out_dir, ctx, teacher
+        self.tb_dir = tb_dir
+        self.model: nn.Module = supernet
+        if ctx.enabled:
+            self.model = DistributedDataParallel(supernet, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
+                                                 else None, find_unused_parameters=True)
+        self.sampler = ResolutionBatchSampler(len(splits.train), options.batch_size, supernet.space.resolutions,
+                                              seed=options.seed + 1000 * index, ctx=ctx)
+        self.loader = DataLoader(splits.train, batch_sampler=self.sampler, num_workers=options.num_workers)
+        self.steps_per_epoch = len(self.sampler)
+        scale = options.batch_size * ctx.world_size / options.reference_batch
+        self.lr = phase.lr * scale
+        self.optimizer = create_optimizer_v2(
+            supernet, "sgd" if options.nesterov else "momentum", lr=self.lr, momentum=options.momentum,
+            weight_decay=options.weight_decay if phase.weight_decay is None else phase.weight_decay)
+        self.scheduler = CosineLRScheduler(
+            self.optimizer, t_initial=phase.epochs * self.steps_per_epoch,
+            warmup_t=phase.warmup_epochs * self.steps_per_epoch, warmup_lr_init=0.0,
+            warmup_prefix=phase.warmup_epochs > 0, t_in_epochs=False)
+        self.grad_clip = phase.grad_clip if phase.grad_clip is not None else options.grad_clip
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if options.bf16 and ctx.device.type == "cuda" else nullcontext())
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _payload(self, epoch: int, best: tuple[float, int], history: list[dict[str, Any]],
+                 optimizer: bool) -> dict[str, Any]:
+        state = {"format": FORMAT, "phase": self.phase.name, "epoch": epoch, "best_top1": best[0],
+                 "best_epoch": best[1], "history": history, "supernet": supernet_meta(self.supernet),
+                 "model": self.supernet.state_dict()}
+        if optimizer:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def _resume(self) -> tuple[int, tuple[float, int], list[dict[str, Any]]]:
+        path = self.dir / "last.pt"
+        state = load_checkpoint(path)
+        check_meta(path, state, self.supernet)
+        self.supernet.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        log.info("%s: resumed from %s after epoch %d", self.phase.name, path, state["epoch"])
+        return state["epoch"], (state["best_top1"], state["best_epoch"]), state["history"]
+
+    # -- one step --------------------------------------------------------------------------
+    def _loss(self, out: Any, y: torch.Tensor, z_t: torch.Tensor | None, alpha: Sequence[float]) -> torch.Tensor:
+        """sum_i alpha_i [CE(z_i, y) + kd_ratio H(p_T, z_i)] over the active exits (one exit: alpha = 1)."""
+        o = self.options
+        exits = as_exits(out)
+        loss = aep_loss(exits, y, alpha, o.label_smoothing)
+        if z_t is not None and o.kd_ratio > 0:
+            loss = loss + o.kd_ratio * sum(a * kd_loss(z, z_t, o.kd_temperature) for a, z in zip(alpha, exits))
+        return loss
+
+    def step_archs(self, step: int, resolution: int) -> list[Architecture]:
+        """The subnets of global step `step`: the same on every rank and after a resume."""
+        rng = np.random.default_rng(step_seed(self.options.seed, self.index, step))
+        return replace(self.phase.space, resolutions=(resolution,)).sample(rng, self.phase.subnets_per_step)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, archs: Sequence[Architecture]) -> float:
+        """Accumulate the gradients of `archs` on (x, y), then one optimiser step; returns the
+        mean loss of the subnets. A non-finite gradient norm (identical on all ranks) raises TrainingError."""
+        z_t = None
+        if self.teacher is not None and self.options.kd_ratio > 0:
+            with self.autocast:
+                beta = aep_weights(self.options.aep_scheme, len(self.teacher.exit_list))[1]
+                z_t = teacher_logits(self.teacher, x, beta)
+        losses = []
+        for j, arch in enumerate(archs):
+            exits = "all" if self.phase.aep and self.supernet.early_exits else None
+            self.supernet.set_active(arch, exits)
+            alpha = aep_weights(self.options.aep_scheme, len(self.supernet.active_exits))[0]
+            last = j == len(archs) - 1
+            with (self.model.no_sync() if self.ctx.enabled and not last else nullcontext()):
+                with self.autocast:
+                    out = self.model(x)
+                loss = self._loss(out, y, z_t, alpha)
+                loss.backward()
+            losses.append(loss.item())
+        norm = nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip or math.inf)
+        if not torch.isfinite(norm):
+            raise TrainingError(
+                f"phase {self.phase.name!r}: non-finite gradient (norm {norm.item()}, losses {losses} for subnets "
+                f"{[str(a) for a in archs]}); the last good checkpoint {self.dir / 'last.pt'} is kept. Lower the "
+                "phase's lr or set train.grad_clip")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return sum(losses) / len(losses)
+
+    # -- the phase -------------------------------------------------------------------------
+    def run(self) -> float:
+        """Train the remaining epochs of the phase; returns the best mean validation top-1."""
+        ctx, phase, o = self.ctx, self.phase, self.options
+        start, best, history = 0, (-1.0, -1), []
+        if (self.dir / "last.pt").exists():
+            start, best, history = self._resume()
+        elif phase.sort_channels:
+            self.supernet.sort_channels(phase.expand_stage)
+        self.supernet.set_dropout(self.base_dropout if phase.dropout is None else phase.dropout)
+        metrics = _Metrics(self.dir / "metrics.csv", self.tb_dir, phase.name) if ctx.is_main else None
+        grid = validation_grid(phase.space, o.val_settings)
+        device = ctx.device
+        try:
+            for epoch in range(start, phase.total_epochs):
+                t0 = time.time()
+                torch.manual_seed(int(step_seed(o.seed, self.index, epoch).generate_state(1)[0]))
+                self.sampler.set_epoch(epoch)
+                self.model.train()
+                loss_sum, n_steps = 0.0, 0
+                bar = tqdm(self.loader, desc=f"{phase.name} {epoch + 1}/{phase.total_epochs}", leave=False,
+                           disable=not (ctx.is_main and sys.stderr.isatty()))
+                for b, (x, y) in enumerate(bar):
+                    step = epoch * self.steps_per_epoch + b
+                    self.scheduler.step_update(step + 1)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    loss_sum += self.train_step(x, y, self.step_archs(step, x.shape[-1]))
+                    n_steps += 1
+                    bar.set_postfix(loss=f"{loss_sum / n_steps:.3f}")
+                loss_sum, n_steps = all_reduce_sum([loss_sum, n_steps], ctx)
+                row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+                                       "train_loss": loss_sum / n_steps, "val_top1": "", "val_min_top1": "",
+                                       "val_max_top1": "", "seconds": 0.0}
+                improved = False
+                if (epoch + 1) % o.val_every == 0 or epoch + 1 == phase.total_epochs:
+                    top1 = validate(self.supernet, grid, self.splits, o, ctx, phase.aep)
+                    row.update(val_top1=float(np.mean(top1)), val_min_top1=top1[0], val_max_top1=top1[-1])
+                    improved = row["val_top1"] > best[0]
+                    best = (row["val_top1"], epoch + 1) if improved else best
+                row["seconds"] = time.time() - t0
+                history = history + [row]
+                if ctx.is_main:
+                    if improved:
+                        atomic_save(self._payload(epoch + 1, best, history, optimizer=False), self.dir / "best.pt")
+                    atomic_save(self._payload(epoch + 1, best, history, optimizer=True), self.dir / "last.pt")
+                    metrics.write(history)
+                log.info("%s epoch %d/%d: loss %.4f, val top-1 %s (%.1f s)", phase.name, epoch + 1,
+                         phase.total_epochs, row["train_loss"],
+                         "-" if row["val_top1"] == "" else f"{row['val_top1']:.2f}", row["seconds"])
+                if ctx.enabled:
+                    torch.distributed.barrier()
+        finally:
+            if metrics is not None:
+                metrics.close()
+        return best[0]
+
+
+def phase_done(out_dir: Path, phase: Phase) -> bool:
+    path = out_dir / phase.name / "last.pt"
+    return path.exists() and load_checkpoint(path).get("epoch") == phase.total_epochs
+
+
+def train_supernet(supernet: Supernet, phases: Sequence[Phase], splits: Splits, out_dir: str | Path,
+                   options: TrainOptions = TrainOptions(), ctx: Dist = Dist(), tb_dir: str | Path | None = None) -> Path:
+    """Train `supernet` through `phases`, writing `out_dir/<phase>/{last.pt,best.pt,metrics.csv}`.
+
+    Finished phases are skipped and an interrupted phase continues from its last.pt, so calling
+    this again after a kill resumes the run. Returns the best checkpoint of the last phase.
+    """
+    out_dir = Path(out_dir)
+    supernet.to(ctx.device)
+    base_dropout = supernet.dropout
+    first = next((i for i, p in enumerate(phases) if not phase_done(out_dir, p)), len(phases))
+    if first == len(phases):
+        log.info("all %d phases are finished in %s", len(phases), out_dir)
+    for i in range(first, len(phases)):
+        phase, teacher = phases[i], None
+        if i > 0:
+            prev = out_dir / phases[i - 1].name / "best.pt"
+            state = load_checkpoint(prev)
+            check_meta(prev, state, supernet)
+            supernet.load_state_dict(state["model"])
+            if options.kd_ratio > 0:
+                teacher = build_teacher(supernet, splits, options, ctx.device)
+        (out_dir / phase.name).mkdir(parents=True, exist_ok=True)
+        log.info("phase %s: %d (+%d warm-up) epochs, lr %g, %d subnet(s) per step, space %s", phase.name,
+                 phase.epochs, phase.warmup_epochs, phase.lr, phase.subnets_per_step,
+                 {k: v for k, v in asdict(phase.space).items() if len(v) > 1})
+        PhaseTrainer(supernet, phase, i, splits, options, out_dir / phase.name, ctx, teacher,
+                     None if tb_dir is None else Path(tb_dir) / phase.name, base_dropout).run()
+    best = out_dir / phases[-1].name / "best.pt"
+    supernet.load_state_dict(load_checkpoint(best)["model"])
+    return best
