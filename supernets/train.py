@@ -15,6 +15,7 @@ import logging
 import math
 import sys
 import time
+import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -177,17 +178,18 @@ class PhaseTrainer:
                                                  else None, find_unused_parameters=True)
         self.sampler = ResolutionBatchSampler(len(splits.train), options.batch_size, supernet.space.resolutions,
                                               seed=options.seed + 1000 * index, ctx=ctx)
-        self.loader = DataLoader(splits.train, batch_sampler=self.sampler, num_workers=options.num_workers)
+        self.loader = DataLoader(splits.train, batch_sampler=self.sampler, num_workers=options.num_workers,
+                                 pin_memory=ctx.device.type == "cuda", persistent_workers=options.num_workers > 0)
         self.steps_per_epoch = len(self.sampler)
         scale = options.batch_size * ctx.world_size / options.reference_batch
         self.lr = phase.lr * scale
         self.optimizer = create_optimizer_v2(
             supernet, "sgd" if options.nesterov else "momentum", lr=self.lr, momentum=options.momentum,
             weight_decay=options.weight_decay if phase.weight_decay is None else phase.weight_decay)
+        warmup_steps = phase.warmup_epochs * self.steps_per_epoch
         self.scheduler = CosineLRScheduler(
-            self.optimizer, t_initial=phase.epochs * self.steps_per_epoch,
-            warmup_t=phase.warmup_epochs * self.steps_per_epoch, warmup_lr_init=0.0,
-            warmup_prefix=phase.warmup_epochs > 0, t_in_epochs=False)
+            self.optimizer, t_initial=phase.epochs * self.steps_per_epoch, warmup_t=warmup_steps,
+            warmup_lr_init=self.lr / max(warmup_steps, 1), warmup_prefix=warmup_steps > 0, t_in_epochs=False)
         self.grad_clip = phase.grad_clip if phase.grad_clip is not None else options.grad_clip
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if options.bf16 and ctx.device.type == "cuda" else nullcontext())
@@ -256,6 +258,20 @@ class PhaseTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         return sum(losses) / len(losses)
 
+    def check_sync(self, digest: int) -> None:
+        """All ranks must hold the same weights and have trained the same subnets (`digest` of
+        this epoch's architectures); raises TrainingError naming the ranks that differ."""
+        with torch.no_grad():
+            flat = [p.detach().double().flatten() for p in self.supernet.parameters()]
+            mine = torch.tensor([sum(f.sum() for f in flat).item(), sum((f * f).sum() for f in flat).item(),
+                                 float(digest)], dtype=torch.float64, device=self.ctx.device)
+        everyone = [torch.empty_like(mine) for _ in range(self.ctx.world_size)]
+        torch.distributed.all_gather(everyone, mine)
+        differ = [r for r, t in enumerate(everyone) if not torch.equal(t, everyone[0])]
+        if differ:
+            raise TrainingError(f"phase {self.phase.name!r}: ranks {differ} diverged from rank 0 (weights or "
+                                f"sampled subnets differ: {[t.tolist() for t in everyone]})")
+
     # -- the phase -------------------------------------------------------------------------
     def run(self) -> float:
         """Train the remaining epochs of the phase; returns the best mean validation top-1."""
@@ -275,16 +291,20 @@ class PhaseTrainer:
                 torch.manual_seed(int(step_seed(o.seed, self.index, epoch).generate_state(1)[0]))
                 self.sampler.set_epoch(epoch)
                 self.model.train()
-                loss_sum, n_steps = 0.0, 0
+                loss_sum, n_steps, digest = 0.0, 0, 0
                 bar = tqdm(self.loader, desc=f"{phase.name} {epoch + 1}/{phase.total_epochs}", leave=False,
                            disable=not (ctx.is_main and sys.stderr.isatty()))
                 for b, (x, y) in enumerate(bar):
                     step = epoch * self.steps_per_epoch + b
-                    self.scheduler.step_update(step + 1)
+                    self.scheduler.step_update(step)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    loss_sum += self.train_step(x, y, self.step_archs(step, x.shape[-1]))
+                    archs = self.step_archs(step, x.shape[-1])
+                    digest = zlib.crc32(repr(archs).encode(), digest)
+                    loss_sum += self.train_step(x, y, archs)
                     n_steps += 1
                     bar.set_postfix(loss=f"{loss_sum / n_steps:.3f}")
+                if ctx.enabled:
+                    self.check_sync(digest)
                 loss_sum, n_steps = all_reduce_sum([loss_sum, n_steps], ctx)
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                                        "train_loss": loss_sum / n_steps, "val_top1": "", "val_min_top1": "",
