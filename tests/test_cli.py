@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from nat2.cli import main
@@ -51,3 +53,78 @@ def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
     path.write_text("data: {name: cifar10, root: " + str(tmp_path / "nowhere") + "}\n")
     assert main(["sample", str(path)]) == 2
     assert "CIFAR-10 not found at" in capsys.readouterr().err
+
+
+TINY = ("data: {{name: synthetic, calibration_size: 16}}\n"
+        "supernet: {{resolutions: [12], widths: [1.0, 1.2], early_exits: true}}\n"
+        "run: {{dir: {run}}}\n"
+        "train:\n  batch_size: 50\n  val_settings: 2\n  schedule: {schedule}\n  source: {source}\n"
+        "  eps:\n    - {{name: full, epochs: 1, lr: 0.05, aep: true}}\n"
+        "    - {{name: exits, only: early_exits, exits: all, epochs: 1, lr: 0.01, subnets_per_step: 2}}\n"
+        "  warmup:\n    - {{name: max, epochs: 1, lr: 0.01, grad_clip: 5.0, aep: true}}\n"
+        "    - {{name: uniform, kernels: all, expands: all, depths: all, exits: all, epochs: 1, lr: 0.01}}\n")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished `nat2 train-supernet` run of two tiny early-exit supernets."""
+    root = tmp_path_factory.mktemp("train")
+    config = root / "tiny.yaml"
+    config.write_text(TINY.format(run=root / "run", schedule="eps", source="null"))
+    assert main(["train-supernet", str(config)]) == 0
+    return config, root / "run"
+
+
+def test_train_supernet_writes_the_run_directory(trained, capsys):
+    _, run = trained
+    assert (run / "config.yaml").is_file() and (run / "env.json").is_file()
+    assert "phase exits" in (run / "logs" / "train-supernet.log").read_text()
+    for width in ("w1.0", "w1.2"):
+        for phase in ("full", "exits"):
+            for name in ("last.pt", "best.pt", "metrics.csv"):
+                assert (run / "supernet" / width / phase / name).is_file()
+        assert list((run / "logs" / "tensorboard" / width / "exits").glob("events.out.tfevents.*"))
+    header, row = (run / "supernet" / "w1.2" / "exits" / "metrics.csv").read_text().splitlines()
+    assert header == "epoch,lr,train_loss,val_top1,val_min_top1,val_max_top1,seconds"
+    assert row.startswith("1,")
+
+
+def test_train_supernet_guards_and_resumes_a_run(trained, capsys):
+    config, _ = trained
+    assert main(["train-supernet", str(config)]) == 2
+    assert "already holds results; pass --resume" in capsys.readouterr().err
+    assert main(["train-supernet", str(config), "--resume", "--set", "train.kd_ratio=0.5"]) == 2
+    assert "config differs from" in capsys.readouterr().err
+    assert main(["train-supernet", str(config), "--resume", "--set", "train.num_workers=0"]) == 0
+    assert "supernet ready" in capsys.readouterr().out
+
+
+def test_warm_up_starts_from_a_source_checkpoint(trained, tmp_path, capsys):
+    _, run = trained
+    config = tmp_path / "warm.yaml"
+    source = run / "supernet" / "w{width}" / "exits" / "best.pt"
+    config.write_text(TINY.format(run=tmp_path / "run", schedule="warmup", source=source))
+    assert main(["train-supernet", str(config)]) == 0
+    log = (tmp_path / "run" / "logs" / "train-supernet.log").read_text()
+    assert "width 1.2: starting from" in log and "(nat2-supernet format)" in log
+    assert (tmp_path / "run" / "supernet" / "w1.0" / "uniform" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.schedule=fast", "train.schedule = 'fast'; expected one of eps, warmup"),
+    ("train.eps=[{name: full, epochs: 1, lr: 0.1, kernels: [9]}]", "has \\[9\\], which the supernet does not have"),
+    ("train.teacher_bn=student", "train: teacher_bn = 'student'"),
+    ("train.source=/nowhere/{width}.pt", "checkpoint /nowhere/1.0.pt does not exist"),
+])
+def test_train_supernet_bad_input_exits_2(tmp_path, capsys, override, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY.format(run=tmp_path / "run", schedule="eps", source="null"))
+    assert main(["train-supernet", str(config), "--set", override]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_resume_without_a_run_is_an_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY.format(run=tmp_path / "run", schedule="eps", source="null"))
+    assert main(["train-supernet", str(config), "--resume"]) == 2
+    assert "does not exist; run without --resume" in capsys.readouterr().err
