@@ -70,12 +70,13 @@ class ResolutionBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, n: int, batch_size: int, resolutions: Sequence[int], *, seed: int, ctx: Dist = Dist(),
-                 shuffle: bool = True, drop_last: bool = True) -> None:
+                 shuffle: bool = True, drop_last: bool = True, weights: Sequence[float] | None = None) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size = {batch_size}; expected a positive integer")
         self.sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
                                           seed=seed, drop_last=drop_last)
         self.batch_size, self.resolutions, self.seed, self.drop_last = batch_size, tuple(resolutions), seed, drop_last
+        self.weights = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
         if len(self) == 0:
             raise ValueError(f"{n} training images give no batch of {batch_size} on {ctx.world_size} process(es); "
                              "lower batch_size")
@@ -91,7 +92,7 @@ class ResolutionBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng(step_seed(self.seed, self.epoch))
-        resolutions = rng.choice(self.resolutions, size=len(self))
+        resolutions = rng.choice(self.resolutions, size=len(self), p=self.weights)
         indices = list(self.sampler)
         for b in range(len(self)):
             r = int(resolutions[b])

@@ -19,7 +19,7 @@ import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,11 +31,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .aep import SCHEMES, aep_loss, aep_weights, as_exits, ensemble_logits
+from .aep import SCHEMES, aep_loss, aep_weights, as_exits
 from .arch import Architecture
 from .bn import recalibrate_bn
 from .checkpoint import FORMAT, atomic_save, check_meta, load_checkpoint, supernet_meta
 from .data import Splits
+from .evaluation import fixed_loader, subnet_top1
 from .distributed import Dist, ResolutionBatchSampler, all_reduce_sum, step_seed
 from .kd import TEACHER_BN_MODES, freeze, kd_loss, teacher_logits
 from .phases import Phase, validation_grid
@@ -72,10 +73,12 @@ class TrainOptions:
     val_every: int = 1
     val_settings: int = 32
     eval_batch_size: int = 256
+    calibration_batch: int = 100
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "reference_batch", "val_every", "val_settings", "eval_batch_size"):
+        for name in ("batch_size", "reference_batch", "val_every", "val_settings", "eval_batch_size",
+                     "calibration_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} = {value!r}; expected a positive integer")
@@ -88,47 +91,31 @@ class TrainOptions:
                              f"{self.kd_temperature}, {self.kd_ratio}, {self.label_smoothing}")
 
 
-def _loader(dataset: Any, resolution: int, batch_size: int, positions: Sequence[int] | None = None,
-            num_workers: int = 0) -> DataLoader:
-    """A fixed-order loader of `dataset` at `resolution` (ImageSet's (index, resolution) items)."""
-    positions = range(len(dataset)) if positions is None else positions
-    return DataLoader(dataset, batch_size=batch_size, sampler=[(i, resolution) for i in positions],
-                      num_workers=num_workers)
-
-
 def build_teacher(supernet: Supernet, splits: Splits, options: TrainOptions, device: torch.device) -> nn.Module:
     """PET: the supernet's max network (every exit of an early-exit supernet), BN recalibrated on
     the calibration images, frozen."""
     arch = supernet.space.max_arch()
     teacher = supernet.extract(arch, "all" if supernet.early_exits else None).to(device)
-    calibration = _loader(splits.calibration, arch.resolution, options.eval_batch_size)
+    calibration = fixed_loader(splits.calibration, arch.resolution, options.calibration_batch)
     recalibrate_bn(teacher, ((x.to(device), y) for x, y in calibration))
     return freeze(teacher, options.teacher_bn)
 
 
-@torch.no_grad()
 def validate(supernet: Supernet, archs: Sequence[Architecture], splits: Splits, options: TrainOptions,
              ctx: Dist = Dist(), aep: bool = False) -> list[float]:
     """Validation top-1 (%) of each architecture, each after BN recalibration on the calibration
     images; the validation images are sharded over ranks and the counts all-reduced."""
-    was_training = supernet.training
     shard = range(ctx.rank, len(splits.val), ctx.world_size)
+    exits = "all" if aep and supernet.early_exits else None
     top1 = []
     for arch in archs:
-        exits = "all" if aep and supernet.early_exits else None
-        supernet.set_active(arch, exits)
-        beta = aep_weights(options.aep_scheme, len(supernet.active_exits))[1]
-        calibration = _loader(splits.calibration, arch.resolution, options.eval_batch_size)
-        recalibrate_bn(supernet, ((x.to(ctx.device), y) for x, y in calibration))
-        supernet.eval()
-        correct = total = 0
-        for x, y in _loader(splits.val, arch.resolution, options.eval_batch_size, shard, options.num_workers):
-            logits = ensemble_logits(supernet(x.to(ctx.device)), beta)
-            correct += (logits.argmax(1).cpu() == y).sum().item()
-            total += len(y)
+        n_exits = arch.exit if exits else 1
+        correct, total = subnet_top1(supernet, arch, splits.calibration, splits.val, device=ctx.device, exits=exits,
+                                     beta=aep_weights(options.aep_scheme, n_exits)[1] if exits else None,
+                                     batch_size=options.eval_batch_size, calibration_batch=options.calibration_batch,
+                                     positions=shard, num_workers=options.num_workers)
         correct, total = all_reduce_sum([correct, total], ctx)
         top1.append(100.0 * correct / max(total, 1))
-    supernet.train(was_training)
     return top1
 
 
@@ -162,14 +149,23 @@ class _Metrics:
             self.writer.close()
 
 
+ArchSampler = Callable[[np.random.Generator, int, int], list[Architecture]]
+
+
 class PhaseTrainer:
-    """Runs one phase on one supernet: the epoch loop, validation, checkpoints, metrics."""
+    """Runs one phase on one supernet: the epoch loop, validation, checkpoints, metrics.
+
+    `arch_sampler(rng, resolution, n)` replaces uniform sampling from the phase's space (the
+    search's adaptation samples from the archive's distribution); `resolution_weights` are the
+    probabilities of the supernet's resolutions per batch (default uniform).
+    """
 
     def __init__(self, supernet: Supernet, phase: Phase, index: int, splits: Splits, options: TrainOptions,
                  out_dir: Path, ctx: Dist, teacher: nn.Module | None, tb_dir: Path | None,
-                 base_dropout: float) -> None:
+                 base_dropout: float, arch_sampler: ArchSampler | None = None,
+                 resolution_weights: Sequence[float] | None = None) -> None:
         self.supernet, self.phase, self.index, self.splits = supernet, phase, index, splits
-        self.base_dropout = base_dropout
+        self.base_dropout, self.arch_sampler = base_dropout, arch_sampler
         self.options, self.dir, self.ctx, self.teacher = options, out_dir, ctx, teacher
         self.tb_dir = tb_dir
         self.model: nn.Module = supernet
@@ -177,7 +173,8 @@ class PhaseTrainer:
             self.model = DistributedDataParallel(supernet, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                                  else None, find_unused_parameters=True)
         self.sampler = ResolutionBatchSampler(len(splits.train), options.batch_size, supernet.space.resolutions,
-                                              seed=options.seed + 1000 * index, ctx=ctx)
+                                              seed=options.seed + 1000 * index, ctx=ctx,
+                                              weights=resolution_weights)
         self.loader = DataLoader(splits.train, batch_sampler=self.sampler, num_workers=options.num_workers,
                                  pin_memory=ctx.device.type == "cuda", persistent_workers=options.num_workers > 0)
         self.steps_per_epoch = len(self.sampler)
@@ -226,6 +223,8 @@ class PhaseTrainer:
     def step_archs(self, step: int, resolution: int) -> list[Architecture]:
         """The subnets of global step `step`: the same on every rank and after a resume."""
         rng = np.random.default_rng(step_seed(self.options.seed, self.index, step))
+        if self.arch_sampler is not None:
+            return self.arch_sampler(rng, resolution, self.phase.subnets_per_step)
         return replace(self.phase.space, resolutions=(resolution,)).sample(rng, self.phase.subnets_per_step)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, archs: Sequence[Architecture]) -> float:
@@ -273,8 +272,9 @@ class PhaseTrainer:
                                 f"sampled subnets differ: {[t.tolist() for t in everyone]})")
 
     # -- the phase -------------------------------------------------------------------------
-    def run(self) -> float:
-        """Train the remaining epochs of the phase; returns the best mean validation top-1."""
+    def run(self, until: int | None = None) -> float:
+        """Train the remaining epochs of the phase, or up to epoch `until` (a phase spread over
+        several calls, as the search's adaptation is); returns the best mean validation top-1."""
         ctx, phase, o = self.ctx, self.phase, self.options
         start, best, history = 0, (-1.0, -1), []
         if (self.dir / "last.pt").exists():
@@ -286,7 +286,7 @@ class PhaseTrainer:
         grid = validation_grid(phase.space, o.val_settings)
         device = ctx.device
         try:
-            for epoch in range(start, phase.total_epochs):
+            for epoch in range(start, phase.total_epochs if until is None else min(until, phase.total_epochs)):
                 t0 = time.time()
                 torch.manual_seed(int(step_seed(o.seed, self.index, epoch).generate_state(1)[0]))
                 self.sampler.set_epoch(epoch)
