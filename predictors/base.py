@@ -1,0 +1,52 @@
+"""The base class every predictor derives from, and the input scaling several of them share.
+
+One place validates inputs, so that all models reject bad data with the same ValueError and an
+unfitted model raises sklearn's NotFittedError, whatever library sits underneath.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import MinMaxScaler, StandardScaler
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+
+
+class Predictor(RegressorMixin, BaseEstimator):
+    """A regressor on encodings: subclasses implement `_build` (an unfitted sklearn-style model
+    fitted on the validated data) or override `_fit` / `_predict` for models that are not."""
+
+    def fit(self, X, y) -> Predictor:
+        """Fit on `X` (n, d) finite numbers, n >= 2, and `y` (n,) finite numbers."""
+        X, y = check_X_y(X, y, dtype=np.float64, ensure_min_samples=2, y_numeric=True)
+        self.n_features_in_ = X.shape[1]
+        self._fit(X, y)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted targets, shape (n,)."""
+        check_is_fitted(self)
+        X = check_array(X, dtype=np.float64, input_name="X")
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input")
+        return np.asarray(self._predict(X), dtype=np.float64).reshape(len(X))
+
+    def _build(self):
+        raise NotImplementedError(f"{type(self).__name__} must implement _build or _fit/_predict")
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.model_ = self._build().fit(X, y)
+
+    def _predict(self, X: np.ndarray) -> np.ndarray:
+        return self.model_.predict(X)
+
+
+def scaled(model, *, target: bool = False):
+    """`model` behind a [0, 1] min-max scaler of the features (fitted on their observed range),
+    and with `target`, a standardised target: distance- and margin-based models (kernels, SVR's
+    epsilon, weight decay, huber's delta) then mean the same whatever the units of the encoding
+    or the accuracy (fraction or percent)."""
+    pipe = make_pipeline(MinMaxScaler(), model)
+    return TransformedTargetRegressor(pipe, transformer=StandardScaler()) if target else pipe
