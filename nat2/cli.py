@@ -13,12 +13,14 @@ from supernets import DatasetError, load_splits, make_loader
 from supernets.phases import PhaseError
 from supernets.train import TrainingError
 
+from .archive import ArchiveError
 from .config import ConfigError, load_config
 from .factory import build_space, build_supernets
 from .space import EncodingError
+from .search_command import cmd_search
 from .train import cmd_train_supernet
 
-USER_ERRORS = (ConfigError, DatasetError, ArchitectureError, EncodingError, PhaseError, CheckpointError, TrainingError)
+USER_ERRORS = (ArchiveError, ConfigError, DatasetError, ArchitectureError, EncodingError, PhaseError, CheckpointError, TrainingError)
 
 
 def cmd_sample(config: dict, args: argparse.Namespace) -> None:
@@ -46,7 +48,7 @@ def cmd_sample(config: dict, args: argparse.Namespace) -> None:
         print(f"{enc:<70} {p:>10.3f} {m:>9.2f}  {arch}")
 
 
-COMMANDS = {"sample": cmd_sample, "train-supernet": cmd_train_supernet}
+COMMANDS = {"sample": cmd_sample, "train-supernet": cmd_train_supernet, "search": cmd_search}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,9 +17,19 @@ DEFAULTS: dict[str, Any] = {
     },
     "sample": {"n": 8, "seed": 0, "batch_size": 100},
     "run": {"dir": None},
+    # The NAT2 search (spec/nat2-search.md sections 2-5); `supernet` defaults to this run's
+    # train-supernet result: supernet/w<width>/<last phase>/best.pt.
+    "search": {
+        "objectives": ["acc", "params"], "supernet": None, "archive_size": 300, "multiplier": 10,
+        "iterations": 30, "candidates": 25, "population": 100, "generations": 20, "predictor": "lgb",
+        "knees": 3, "seed": 0,
+        "adapt": {"epochs": 5, "lr": 7.5e-3, "subnets_per_step": 4, "weight_decay": 3.0e-4, "grad_clip": 5.0,
+                  "smoothing": 0.0},
+    },
     "train": {
         "schedule": "eps", "source": None, "device": "auto",
-        "batch_size": 64, "reference_batch": 64, "eval_batch_size": 256, "num_workers": 0,
+        "batch_size": 64, "reference_batch": 64, "eval_batch_size": 256, "calibration_batch": 100,
+        "num_workers": 0,
         "momentum": 0.9, "nesterov": True, "weight_decay": 3.0e-5, "label_smoothing": 0.1, "grad_clip": None,
         "kd_ratio": 1.0, "kd_temperature": 1.0, "teacher_bn": "eval", "aep_scheme": "desc",
         "bf16": False, "seed": 0, "val_every": 1, "val_settings": 32,

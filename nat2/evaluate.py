@@ -1,0 +1,101 @@
+"""Scoring encodings with the supernets' shared weights: validation top-1, params, MACs.
+
+Results are appended to a JSONL file as they come, so a killed evaluation of thousands of subnets
+resumes where it stopped. Under torchrun, rank r scores rows r, r + world, ...; rank 0 writes.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from tqdm import tqdm
+
+from supernets import Supernet, Splits
+from supernets.distributed import Dist
+from supernets.evaluation import subnet_top1
+
+from .archive import Record
+from .space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+def _key(encoding: Sequence[int]) -> str:
+    return " ".join(str(int(g)) for g in encoding)
+
+
+def read_jsonl(path: Path) -> dict[str, Record]:
+    """Records of a JSONL cache by encoding; a torn last line (killed while writing) is ignored."""
+    records: dict[str, Record] = {}
+    if not path.exists():
+        return records
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON; delete the file to evaluate again") from None
+        records[_key(record["encoding"])] = record
+    return records
+
+
+class Evaluator:
+    """Validation (or, for the final report only, test) top-1 of encodings after BN recalibration."""
+
+    def __init__(self, space: SearchSpace, supernets: dict[float, Supernet], splits: Splits, n_classes: int, *,
+                 ctx: Dist = Dist(), batch_size: int = 256, calibration_batch: int = 100, num_workers: int = 0) -> None:
+        self.space, self.supernets, self.splits, self.n_classes = space, supernets, splits, n_classes
+        self.ctx, self.batch_size, self.calibration_batch, self.num_workers = ctx, batch_size, calibration_batch, num_workers
+
+    def top1(self, encoding: Sequence[int], split: str = "val") -> float:
+        """Top-1 (%) of one encoding on `split` ("val", or "test" for the final report)."""
+        arch = self.space.decode(np.asarray(encoding))
+        supernet = self.supernets[arch.width]
+        correct, total = subnet_top1(supernet, arch, self.splits.calibration, getattr(self.splits, split),
+                                     device=self.ctx.device, batch_size=self.batch_size,
+                                     calibration_batch=self.calibration_batch, num_workers=self.num_workers)
+        return 100.0 * correct / total
+
+    def evaluate(self, X: np.ndarray, iteration: int, cache: Path | None = None, desc: str = "evaluate",
+                 split: str = "val", extra: Sequence[dict[str, Any]] | None = None) -> list[Record]:
+        """Records (encoding, top1, params, MACs, iteration) for the rows of `X`, in order.
+
+        Rows already in `cache` (JSONL) are not scored again; new ones are appended to it.
+        `extra` adds fields per row (e.g. the predicted top-1).
+        """
+        X = np.asarray(X, dtype=np.int64).reshape(-1, self.space.n_var)
+        done = read_jsonl(cache) if cache is not None else {}
+        todo = [i for i, x in enumerate(X) if _key(x) not in done]
+        params, macs = self.space.costs(X, self.n_classes) if len(X) else (np.zeros(0), np.zeros(0))
+        world, rank = self.ctx.world_size, self.ctx.rank
+        bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not (self.ctx.is_main and sys.stderr.isatty()))
+        for start in range(0, len(todo), world):
+            chunk = todo[start:start + world]
+            mine = {i: self.top1(X[i], split) for i in chunk[rank:rank + 1]}
+            gathered: list[dict[int, float]] = [mine]
+            if self.ctx.enabled:
+                gathered = [{} for _ in range(world)]
+                dist.all_gather_object(gathered, mine)
+            new = []
+            for part in gathered:
+                for i, top1 in part.items():
+                    record = {"encoding": [int(g) for g in X[i]], "top1": top1, "params": int(params[i]),
+                              "macs": int(macs[i]), "iteration": iteration}
+                    record.update(extra[i] if extra is not None else {})
+                    done[_key(X[i])] = record
+                    new.append(record)
+            if cache is not None and self.ctx.is_main:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with cache.open("a") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in new)
+            bar.update(len(chunk))
+        bar.close()
+        return [{**done[_key(x)], "iteration": iteration, **(extra[i] if extra is not None else {})}
+                for i, x in enumerate(X)]

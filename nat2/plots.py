@@ -1,0 +1,59 @@
+"""Search pictures (matplotlib, Agg): the Pareto view of an iteration and curves over iterations."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS = {"params": "params (M)", "macs": "MACs (M)"}
+
+
+def _cost(records: Sequence[dict[str, Any]], name: str) -> list[float]:
+    return [r[name] / 1e6 for r in records]
+
+
+def pareto_plot(path: Path, archive: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
+                candidates: Sequence[dict[str, Any]], cost: str, title: str) -> None:
+    """Top-1 against one cost: the archive, its front, and the candidates predicted -> measured."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.scatter(_cost(archive, cost), [r["top1"] for r in archive], s=10, c="0.7", label="archive")
+    ordered = sorted(front, key=lambda r: r[cost])
+    ax.plot(_cost(ordered, cost), [r["top1"] for r in ordered], "o-", c="C0", ms=4, label="front")
+    measured = [c for c in candidates if "predicted_top1" in c]
+    if measured:
+        x = _cost(measured, cost)
+        ax.scatter(x, [c["predicted_top1"] for c in measured], marker="x", c="C1", label="candidates, predicted")
+        ax.scatter(x, [c["top1"] for c in measured], marker="o", facecolors="none", edgecolors="C3",
+                   label="candidates, measured")
+        for xi, c in zip(x, measured):
+            ax.plot([xi, xi], [c["predicted_top1"], c["top1"]], c="0.6", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel(LABELS.get(cost, cost))
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def curves_plot(path: Path, stats: Sequence[dict[str, Any]]) -> None:
+    """Hypervolume and the predictor's Kendall tau / Spearman rho over iterations."""
+    fig, (hv, corr) = plt.subplots(1, 2, figsize=(10, 4))
+    hv.plot([s["iteration"] for s in stats], [s["hypervolume"] for s in stats], "o-")
+    hv.set_xlabel("iteration")
+    hv.set_ylabel("hypervolume (fixed reference)")
+    scored = [s for s in stats if s.get("predictor")]
+    for key in ("kendall_tau", "spearman_rho"):
+        values = [float("nan") if s["predictor"][key] is None else s["predictor"][key] for s in scored]
+        corr.plot([s["iteration"] for s in scored], values, "o-", label=key)
+    corr.set_xlabel("iteration")
+    corr.set_ylabel("predictor on the new candidates")
+    corr.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

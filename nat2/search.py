@@ -1,0 +1,234 @@
+"""The NAT2 loop: archive -> predictor -> NSGA-II -> K candidates -> evaluation -> archive update ->
+supernet adaptation -> re-evaluation, resumable at every step.
+
+    search/state.json                  objectives, fixed hypervolume reference, iterations done
+    search/iter_<k>/archive.json       the archive after iteration k (iter_0: the initial archive)
+    search/iter_<k>/stats.json         hypervolume, predictor quality on the K new candidates, times
+    search/iter_<k>/pareto.png         archive, front, candidates predicted vs measured
+    search/iter_<k>/*.jsonl            evaluations as they come (what a resume does not redo)
+    search/adapt/w<width>/             the adaptation checkpoint (one phase spanning all iterations)
+    search/curves.png  search/final.json
+
+Every step is deterministic given the seed and the files before it, so a killed search resumed
+with `--resume` ends with the same archive as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from pymoo.mcdm.high_tradeoff import HighTradeoffPoints
+
+from predictors import PREDICTORS, AdaptivePredictor, KFoldEnsemble, correlation_report, make_predictor
+
+from .archive import Archive, Record, check_objectives, hypervolume, initial_archive, reference_point
+from .candidates import choose_candidates, generate
+from .evaluate import Evaluator
+from .plots import curves_plot, pareto_plot
+from .space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """`search` section of the config (defaults in nat2/config.py, from the spec)."""
+
+    objectives: tuple[str, ...] = ("acc", "params")
+    archive_size: int = 300
+    multiplier: int = 10
+    iterations: int = 30
+    candidates: int = 25
+    population: int = 100
+    generations: int = 20
+    predictor: str = "lgb"
+    knees: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        objectives = self.objectives.split(",") if isinstance(self.objectives, str) else self.objectives
+        object.__setattr__(self, "objectives", check_objectives([o.strip() for o in objectives]))
+        if "acc" not in self.objectives:
+            raise ValueError(f"search.objectives = {list(self.objectives)}; expected 'acc' among them (the "
+                             "predictor drives the search)")
+        for name in ("archive_size", "multiplier", "iterations", "candidates", "population", "generations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (3 if name == "archive_size" else 1):
+                raise ValueError(f"search.{name} = {value!r}; expected a positive integer"
+                                 + (" >= 3" if name == "archive_size" else ""))
+        if not isinstance(self.knees, int) or self.knees < 0:
+            raise ValueError(f"search.knees = {self.knees!r}; expected an integer >= 0")
+        build_predictor(self.predictor, 0)
+
+
+def build_predictor(name: str, seed: int) -> Any:
+    """A predictor by name: a key of `predictors.PREDICTORS`, "kfold_<name>" (10-fold ensemble of
+    it) or "adaptive" (the model with the best cross-validated Kendall tau)."""
+    if name == "adaptive":
+        return AdaptivePredictor(random_state=seed)
+    if name.startswith("kfold_") and name[6:] in PREDICTORS:
+        return KFoldEnsemble(make_predictor(name[6:], random_state=seed), random_state=seed)
+    if name not in PREDICTORS:
+        raise ValueError(f"search.predictor = {name!r}; expected one of {', '.join(PREDICTORS)}, adaptive, "
+                         "or kfold_<name>")
+    return make_predictor(name, random_state=seed)
+
+
+def _finite(values: dict[str, float]) -> dict[str, float | None]:
+    """NaN (a constant prediction has no rank correlation) as JSON null."""
+    return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in values.items()}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+class Search:
+    """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, records)`."""
+
+    def __init__(self, space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, n_classes: int,
+                 out: Path, adapt: Callable[[int, list[Record]], None] | None = None, is_main: bool = True) -> None:
+        self.space, self.evaluator, self.settings, self.n_classes = space, evaluator, settings, n_classes
+        self.out, self.adapt, self.is_main = out, adapt, is_main
+        self.objectives = settings.objectives
+        self.state: dict[str, Any] = {}
+
+    # -- files -----------------------------------------------------------------------------
+    def _iter_dir(self, k: int) -> Path:
+        return self.out / f"iter_{k}"
+
+    def _save(self, path: Path, data: Any) -> None:
+        if self.is_main:
+            _write_json(path, data)
+
+    def _stats(self, k: int) -> list[dict[str, Any]]:
+        return [json.loads((self._iter_dir(i) / "stats.json").read_text()) for i in range(k + 1)]
+
+    def _finish_iteration(self, k: int, archive: Archive, candidates: list[Record], stats: dict[str, Any]) -> None:
+        ref, ideal = (np.array(self.state[key]) for key in ("reference_point", "ideal"))
+        stats.update(iteration=k, hypervolume=hypervolume(archive.F, ref, ideal), archive_size=len(archive),
+                     front_size=len(archive.front()))
+        if self.is_main:
+            folder = self._iter_dir(k)
+            _write_json(folder / "stats.json", stats)
+            cost = next((o for o in self.objectives if o != "acc"), "macs")
+            pareto_plot(folder / "pareto.png", archive.records, archive.front(), candidates, cost,
+                        f"iteration {k}: hypervolume {stats['hypervolume']:.4f}")
+            archive.save(folder / "archive.json")  # last: its presence marks the iteration done
+            curves_plot(self.out / "curves.png", self._stats(k))
+            self.state["iterations_done"] = k
+            _write_json(self.out / "state.json", self.state)
+        log.info("iteration %d: hypervolume %.4f, front %d, predictor %s", k, stats["hypervolume"],
+                 stats["front_size"], stats.get("predictor") or "-")
+
+    # -- steps -----------------------------------------------------------------------------
+    def initial(self) -> Archive:
+        """Iteration 0: sample multiplier x size architectures, evaluate, keep the best by survival."""
+        path = self._iter_dir(0) / "archive.json"
+        if path.exists():
+            return Archive.load(path, self.space)
+        t0 = time.time()
+        s = self.settings
+        archive = initial_archive(
+            self.space, lambda X: self.evaluator.evaluate(X, 0, self._iter_dir(0) / "evaluated.jsonl",
+                                                          "initial archive"),
+            s.archive_size, s.multiplier, self.objectives, s.seed)
+        ref, ideal = reference_point(archive.F)
+        self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
+                          seed=s.seed, iterations_done=0)
+        self._save(self.out / "state.json", self.state)
+        self._finish_iteration(0, archive, [], {"seconds": {"total": time.time() - t0}, "predictor": None})
+        return archive
+
+    def iteration(self, k: int, archive: Archive) -> Archive:
+        """Steps 1-8 of spec section 3 for iteration k (1-based)."""
+        s, folder, seed = self.settings, self._iter_dir(k), self.settings.seed * 1000 + k
+        times: dict[str, float] = {}
+        t = time.time()
+        errors = 100.0 - np.array([r["top1"] for r in archive.records])
+        predictor = build_predictor(s.predictor, seed).fit(archive.X, errors)
+        times["fit"] = time.time() - t
+        t = time.time()
+        X, F = generate(self.space, predictor, archive, self.objectives, self.n_classes, pop_size=s.population,
+                        n_gen=s.generations, seed=seed)
+        chosen = choose_candidates(X, F, archive, self.objectives, s.candidates, seed)
+        times["generate"] = time.time() - t
+        t = time.time()
+        predicted = 100.0 - predictor.predict(chosen)
+        candidates = self.evaluator.evaluate(chosen, k, folder / "candidates.jsonl", f"iteration {k} candidates",
+                                             extra=[{"predicted_top1": float(p)} for p in predicted])
+        times["evaluate"] = time.time() - t
+        quality = _finite(correlation_report(np.array([c["top1"] for c in candidates]), predicted))
+        archive.add(candidates, self.space)
+        archive.shrink(seed)
+        if self.adapt is not None:
+            t = time.time()
+            self.adapt(k, archive.records)
+            times["adapt"] = time.time() - t
+            t = time.time()
+            again = self.evaluator.evaluate(archive.X, k, folder / "reevaluated.jsonl", f"iteration {k} re-evaluation")
+            for record, new in zip(archive.records, again):
+                record["top1"] = new["top1"]
+            times["reevaluate"] = time.time() - t
+        times["total"] = sum(times.values())
+        self._finish_iteration(k, archive, candidates, {"seconds": times, "predictor": quality,
+                                                        "n_candidates": len(candidates)})
+        return archive
+
+    def run(self) -> list[dict[str, Any]]:
+        """All iterations (skipping finished ones), then the final report."""
+        state_path = self.out / "state.json"
+        if state_path.exists() and (self._iter_dir(0) / "archive.json").exists():
+            self.state = json.loads(state_path.read_text())
+            if self.state.get("objectives") != list(self.objectives):
+                raise ValueError(f"{state_path}: the search ran with objectives {self.state.get('objectives')}, "
+                                 f"not {list(self.objectives)}; start a new run directory")
+        archive = self.initial()
+        for k in range(1, self.settings.iterations + 1):
+            path = self._iter_dir(k) / "archive.json"
+            archive = Archive.load(path, self.space) if path.exists() else self.iteration(k, archive)
+        return self.final(archive)
+
+    def knees(self, front: Sequence[Record]) -> list[int]:
+        """Up to `knees` high trade-off members of the front (pymoo), filled up with members
+        evenly spread along the first cost when pymoo finds fewer."""
+        n = min(self.settings.knees, len(front))
+        if n == 0:
+            return []
+        F = np.array([[100.0 - r["top1"]] + [r[o] for o in self.objectives if o != "acc"] for r in front])
+        span = F.max(0) - F.min(0)
+        F = (F - F.min(0)) / np.where(span > 0, span, 1.0)
+        found = HighTradeoffPoints().do(F) if len(front) > 2 and F.shape[1] > 1 else None
+        chosen = [] if found is None else list(np.atleast_1d(found))[:n]
+        order = np.argsort(F[:, -1], kind="stable")
+        for i in order[np.linspace(0, len(order) - 1, n).round().astype(int)]:
+            if len(chosen) < n and i not in chosen:
+                chosen.append(int(i))
+        return sorted(int(i) for i in chosen)
+
+    def final(self, archive: Archive) -> list[dict[str, Any]]:
+        """The non-dominated archive and its knees, scored once on the TEST split."""
+        front = sorted(archive.front(), key=lambda r: r["macs"])
+        knees = self.knees(front)
+        tested = self.evaluator.evaluate(np.array([r["encoding"] for r in front]), self.settings.iterations,
+                                         self.out / "final_test.jsonl", "test split", split="test")
+        rows = [{"id": f"subnet_{i:02d}", "encoding": r["encoding"], "arch": self.space.decode(np.array(r["encoding"])).to_dict(),
+                 "val_top1": r["top1"], "test_top1": t["top1"], "params": r["params"], "macs": r["macs"],
+                 "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
+        self._save(self.out / "final.json", rows)
+        return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [f"{'subnet':<10} {'knee':>4} {'val top-1':>9} {'test top-1':>10} {'params (M)':>10} {'MACs (M)':>9}"]
+    lines += [f"{r['id']:<10} {'*' if r['knee'] else '':>4} {r['val_top1']:>9.2f} {r['test_top1']:>10.2f} "
+              f"{r['params'] / 1e6:>10.3f} {r['macs'] / 1e6:>9.2f}" for r in rows]
+    return "\n".join(lines)

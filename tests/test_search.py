@@ -1,0 +1,152 @@
+"""`nat2 search` end to end on a tiny trained supernet: files, resume, test-split isolation."""
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+import nat2.search_command as search_command
+from nat2.cli import main
+from nat2.evaluate import Evaluator
+from nat2.search import Search
+from supernets.train import PhaseTrainer
+
+CONFIG = """\
+data: {{name: synthetic, calibration_size: 16}}
+supernet: {{resolutions: [12, 16], widths: [1.0], early_exits: true}}
+run: {{dir: {run}}}
+train:
+  batch_size: 50
+  val_settings: 2
+  eps:
+    - {{name: full, epochs: 1, lr: 0.05, aep: true}}
+    - {{name: all, kernels: all, expands: all, depths: all, exits: all, epochs: 1, lr: 0.01, subnets_per_step: 2}}
+search:
+  supernet: {supernet}
+  archive_size: 8
+  multiplier: 2
+  iterations: 2
+  candidates: 3
+  population: 12
+  generations: 3
+  adapt: {{epochs: 1, subnets_per_step: 2}}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    config = root / "train.yaml"
+    config.write_text(CONFIG.format(run=root / "train", supernet="null"))
+    assert main(["train-supernet", str(config)]) == 0
+    return root / "train" / "supernet" / "w{width}" / "all" / "best.pt"
+
+
+def _config(tmp_path, supernet, name="run", extra=""):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(CONFIG.format(run=tmp_path / name, supernet=supernet) + extra)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(trained, tmp_path_factory):
+    """An uninterrupted search."""
+    root = tmp_path_factory.mktemp("reference")
+    assert main(["search", str(_config(root, trained))]) == 0
+    return root / "run" / "search"
+
+
+def test_search_writes_every_iteration(reference):
+    state = json.loads((reference / "state.json").read_text())
+    assert state["objectives"] == ["acc", "params"] and state["iterations_done"] == 2
+    hv = []
+    for k in range(3):
+        folder = reference / f"iter_{k}"
+        for name in ("archive.json", "stats.json", "pareto.png"):
+            assert (folder / name).is_file()
+        stats = json.loads((folder / "stats.json").read_text())
+        hv.append(stats["hypervolume"])
+        archive = json.loads((folder / "archive.json").read_text())
+        encodings = [tuple(r["encoding"]) for r in archive["records"]]
+        assert len(encodings) == 8 == len(set(encodings))
+        if k:
+            assert set(stats["predictor"]) == {"kendall_tau", "spearman_rho", "rmse"}
+            assert stats["n_candidates"] == 3
+    assert (reference / "curves.png").is_file()
+    rows = json.loads((reference / "final.json").read_text())
+    assert rows and all(0 <= r["test_top1"] <= 100 for r in rows) and any(r["knee"] for r in rows)
+
+
+class _Kill(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["candidates", "adaptation"])
+def test_resume_after_a_kill_equals_the_uninterrupted_search(where, trained, reference, tmp_path, monkeypatch):
+    calls = []
+    if where == "candidates":   # during iteration 1's candidate evaluation (16 initial evaluations first)
+        original, target, limit = Evaluator.top1, Evaluator, 17
+    else:                       # during iteration 2's adaptation (iteration 1 trains 4 steps)
+        original, target, limit = PhaseTrainer.train_step, PhaseTrainer, 5
+    name = "top1" if where == "candidates" else "train_step"
+
+    def dying(self, *args, **kwargs):
+        if len(calls) == limit:
+            raise _Kill
+        calls.append(1)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(target, name, dying)
+    config = _config(tmp_path, trained)
+    with pytest.raises(_Kill):
+        main(["search", str(config)])
+    monkeypatch.setattr(target, name, original)
+    assert main(["search", str(config), "--resume"]) == 0
+    for k in range(3):
+        ours = json.loads((tmp_path / "run" / "search" / f"iter_{k}" / "archive.json").read_text())
+        theirs = json.loads((reference / f"iter_{k}" / "archive.json").read_text())
+        assert ours == theirs
+    assert json.loads((tmp_path / "run" / "search" / "final.json").read_text()) == \
+        json.loads((reference / "final.json").read_text())
+
+
+def test_the_test_split_is_read_only_by_the_final_report(trained, tmp_path, monkeypatch):
+    events = []
+    real_load = search_command.load_splits
+
+    def spied(*args, **kwargs):
+        splits = real_load(*args, **kwargs)
+        test = splits.test
+
+        class Spy(type(test)):
+            def __getitem__(self, item):
+                events.append("test")
+                return super().__getitem__(item)
+        spy = Spy(test.images, test.all_labels, test.transform_factory, test.resolution, test.indices)
+        return dataclasses.replace(splits, test=spy)
+    monkeypatch.setattr(search_command, "load_splits", spied)
+    final = Search.final
+
+    def marked(self, archive):
+        events.append("final")
+        return final(self, archive)
+    monkeypatch.setattr(Search, "final", marked)
+    assert main(["search", str(_config(tmp_path, trained)), "--set", "search.iterations=1"]) == 0
+    assert "test" in events and events.index("test") > events.index("final")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.objectives=acc,flops", "must be distinct names from"),
+    ("search.objectives=params", "expected 'acc' among them"),
+    ("search.archive_size=2", "search.archive_size = 2"),
+    ("search.supernet=/nowhere/w{width}.pt", "no supernet checkpoint at /nowhere/w1.0.pt"),
+])
+def test_search_bad_input_exits_2(trained, tmp_path, capsys, override, message):
+    assert main(["search", str(_config(tmp_path, trained)), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_archive_on_resume_is_a_clear_error(trained, reference, tmp_path, capsys):
+    shutil.copytree(reference, tmp_path / "run" / "search")
+    (tmp_path / "run" / "search" / "iter_1" / "archive.json").write_text('{"format": "nat2-archive"}')
+    assert main(["search", str(_config(tmp_path, trained)), "--resume"]) == 2
+    assert "archive.json" in capsys.readouterr().err
