@@ -7,20 +7,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch.distributed
-
-from supernets import CheckpointError, load_splits
+from supernets import CheckpointError
 from supernets.checkpoint import check_meta, load_checkpoint
-from supernets.distributed import init_distributed
 from supernets.phases import parse_phases
 from supernets.train import build_teacher
 
 from .adapt import adapt
 from .config import ConfigError
 from .evaluate import Evaluator
-from .factory import build_space, build_supernets
-from .rundir import prepare, run_dir_of, setup_logging
+from .factory import build_supernets
 from .search import Search, SearchSettings, format_table
+from .stage import open_stage
 from .train import train_options, width_dir
 
 log = logging.getLogger(__name__)
@@ -48,15 +45,7 @@ def cmd_search(config: dict[str, Any], args: argparse.Namespace) -> None:
     """Run (or resume) the NAT2 search and print the final table of front subnets."""
     settings = search_settings(config)
     options = train_options(config)
-    ctx = init_distributed(None if config["train"]["device"] == "auto" else config["train"]["device"])
-    run_dir = run_dir_of(config, args.config)
-    prepare(run_dir, config, "search", args.resume, write=ctx.is_main)
-    if ctx.enabled:
-        torch.distributed.barrier()
-    setup_logging(run_dir, "search", ctx.is_main)
-    data = config["data"]
-    splits = load_splits(data["name"], data["root"], seed=data["seed"], calibration_size=data["calibration_size"])
-    space = build_space(config)
+    ctx, run_dir, splits, space = open_stage(config, args, "search", "search")
     supernets = build_supernets(config, space, splits.n_classes)
     teachers = {}
     for width, supernet in supernets.items():

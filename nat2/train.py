@@ -8,17 +8,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch.distributed
-
-from supernets import load_splits
 from supernets.checkpoint import load_source
-from supernets.distributed import init_distributed
 from supernets.phases import parse_phases
 from supernets.train import TrainOptions, train_supernet
 
 from .config import ConfigError
-from .factory import build_space, build_supernets
-from .rundir import prepare, run_dir_of, setup_logging
+from .factory import build_supernets
+from .stage import open_stage
 
 SCHEDULES = ("eps", "warmup")
 log = logging.getLogger(__name__)
@@ -53,21 +49,11 @@ def width_dir(run_dir: Path, width: float) -> Path:
 
 def cmd_train_supernet(config: dict[str, Any], args: argparse.Namespace) -> None:
     """Train every width's supernet through the configured phase table; resumable."""
-    tr = config["train"]
+    tr, data = config["train"], config["data"]
     if tr["schedule"] not in SCHEDULES:
         raise ConfigError(f"train.schedule = {tr['schedule']!r}; expected one of {', '.join(SCHEDULES)}")
-    if tr["device"] not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"train.device = {tr['device']!r}; expected auto, cpu or cuda")
     options = train_options(config)
-    ctx = init_distributed(None if tr["device"] == "auto" else tr["device"])
-    run_dir = run_dir_of(config, args.config)
-    prepare(run_dir, config, "supernet", args.resume, write=ctx.is_main)
-    if ctx.enabled:
-        torch.distributed.barrier()
-    setup_logging(run_dir, "train-supernet", ctx.is_main)
-    data = config["data"]
-    splits = load_splits(data["name"], data["root"], seed=data["seed"], calibration_size=data["calibration_size"])
-    space = build_space(config)
+    ctx, run_dir, splits, space = open_stage(config, args, "supernet", "train-supernet")
     log.info("%s: %d classes, %d train / %d val images; %d process(es) on %s; run directory %s", data["name"],
              splits.n_classes, len(splits.train), len(splits.val), ctx.world_size, ctx.device, run_dir)
     results = []

@@ -41,6 +41,8 @@ from supernets.distributed import Dist
 from supernets.phases import parse_phases
 from supernets.train import PhaseTrainer, TrainOptions
 
+from bench_supernet import ofa_subnet_args  # scripts/ is on sys.path when a script runs
+
 SIZE, N_CLASSES = 32, 10
 KERNEL_PHASE = {"name": "kernel", "kernels": "all", "epochs": 1, "lr": 0.03}
 
@@ -54,15 +56,6 @@ def kernel_trainer(ctx: Dist, batch: int, out_dir: Path) -> PhaseTrainer:
                          n_val=16, n_test=16, calibration_size=16)
     return PhaseTrainer(supernet, phase, 0, splits, TrainOptions(batch_size=batch, kd_ratio=0.0), out_dir, ctx,
                         teacher=None, tb_dir=None, base_dropout=0.1)
-
-
-def ofa_subnet_args(arch: Architecture) -> dict[str, list[int]]:
-    """`ofa` takes one kernel / expand value per block position (20, padded) and 5 depths."""
-    ks, es = [], []
-    for stage in arch.stages:
-        ks += [b.kernel for b in stage] + [3] * (4 - len(stage))
-        es += [b.expand for b in stage] + [3] * (4 - len(stage))
-    return {"ks": ks, "e": es, "d": list(arch.depths)}
 
 
 def ofa_step_fn(options: TrainOptions, lr: float) -> Callable[[torch.Tensor, torch.Tensor, Architecture], float]:

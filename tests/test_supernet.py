@@ -1,7 +1,6 @@
 import itertools
 import json
 
-import numpy as np
 import pytest
 import torch
 from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3

@@ -5,7 +5,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
 
 from nat2.config import DEFAULTS
