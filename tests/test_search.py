@@ -1,7 +1,11 @@
 """`nat2 search` end to end on a tiny trained supernet: files, resume, test-split isolation."""
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +14,8 @@ from nat2.cli import main
 from nat2.evaluate import Evaluator
 from nat2.search import Search
 from supernets.train import PhaseTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """\
 data: {{name: synthetic, calibration_size: 16}}
@@ -150,3 +156,17 @@ def test_corrupt_archive_on_resume_is_a_clear_error(trained, reference, tmp_path
     (tmp_path / "run" / "search" / "iter_1" / "archive.json").write_text('{"format": "nat2-archive"}')
     assert main(["search", str(_config(tmp_path, trained)), "--resume"]) == 2
     assert "archive.json" in capsys.readouterr().err
+
+
+def test_torchrun_shards_evaluation_over_two_ranks(trained, reference, tmp_path):
+    """Rank r scores rows r, r + 2, ...: the initial archive equals the single-process one."""
+    config = _config(tmp_path, trained)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "nat2", "search", str(config), "--set", "search.iterations=1"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ours = json.loads((tmp_path / "run" / "search" / "iter_0" / "archive.json").read_text())
+    assert ours == json.loads((reference / "iter_0" / "archive.json").read_text())
+    assert (tmp_path / "run" / "search" / "iter_1" / "archive.json").is_file()
+    assert (tmp_path / "run" / "search" / "final.json").is_file()
