@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import nat2.search_command as search_command
+import nat2.stage as stage
 from nat2.cli import main
 from nat2.evaluate import Evaluator
 from nat2.search import Search
@@ -117,7 +117,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_search(where, trained, ref
 
 def test_the_test_split_is_read_only_by_the_final_report(trained, tmp_path, monkeypatch):
     events = []
-    real_load = search_command.load_splits
+    real_load = stage.load_splits
 
     def spied(*args, **kwargs):
         splits = real_load(*args, **kwargs)
@@ -129,7 +129,7 @@ def test_the_test_split_is_read_only_by_the_final_report(trained, tmp_path, monk
                 return super().__getitem__(item)
         spy = Spy(test.images, test.all_labels, test.transform_factory, test.resolution, test.indices)
         return dataclasses.replace(splits, test=spy)
-    monkeypatch.setattr(search_command, "load_splits", spied)
+    monkeypatch.setattr(stage, "load_splits", spied)
     final = Search.final
 
     def marked(self, archive):
