@@ -206,7 +206,7 @@ class PhaseTrainer:
         check_meta(path, state, self.supernet)
         self.supernet.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        log.info("%s: resumed from %s after epoch %d", self.phase.name, path, state["epoch"])
+        log.info("%s: continuing from %s after epoch %d", self.phase.name, path, state["epoch"])
         return state["epoch"], (state["best_top1"], state["best_epoch"]), state["history"]
 
     # -- one step --------------------------------------------------------------------------
