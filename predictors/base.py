@@ -14,8 +14,8 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 
 class Predictor(RegressorMixin, BaseEstimator):
-    """A regressor on encodings: subclasses implement `_build` (an unfitted sklearn-style model
-    fitted on the validated data) or override `_fit` / `_predict` for models that are not."""
+    """A regressor on encodings: a subclass defines `_build` (returning the unfitted sklearn-style
+    model that `_fit` fits on the validated data), or overrides `_fit` and `_predict` itself."""
 
     def fit(self, X, y) -> Predictor:
         """Fit on `X` (n, d) finite numbers, n >= 2, and `y` (n,) finite numbers."""
@@ -32,9 +32,6 @@ class Predictor(RegressorMixin, BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
         return np.asarray(self._predict(X), dtype=np.float64).reshape(len(X))
-
-    def _build(self):
-        raise NotImplementedError(f"{type(self).__name__} must implement _build or _fit/_predict")
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         self.model_ = self._build().fit(X, y)
