@@ -22,9 +22,10 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "synthetic")
+DATASETS = ("digits", "cifar10", "cifar100", "tinyimagenet", "imagefolder", "synthetic")
 
 Stats = tuple[float, float, float]
 Transform = Callable[[Image.Image], torch.Tensor]
@@ -36,6 +37,9 @@ DIGITS_TEST_FRACTION, DIGITS_VAL_FRACTION = 0.20, 0.15
 TINY_EVAL_CROP = 0.875
 
 TINY_STATS = ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262))
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+FOLDER_LAYOUT = ("expected train/<class>/<image> and test/<class>/<image> with the same class folders (jpg, png, "
+                 "... as torchvision's ImageFolder reads them); validation is held out of train/")
 TINY_LAYOUT = ("expected wnids.txt, train/<wnid>/images/*.JPEG for every wnid, val/images/*.JPEG and "
                "val/val_annotations.txt (tab-separated: file name, wnid, 4 box ints)")
 
@@ -65,8 +69,9 @@ class ImageSet(Dataset):
         return self.all_labels[self.indices]
 
     def subset(self, positions: np.ndarray, transform_factory: TransformFactory | None = None) -> ImageSet:
-        """The images at `positions` of this view, sharing storage, optionally with other transforms."""
-        return ImageSet(self.images, self.all_labels, transform_factory or self.transform_factory,
+        """The images at `positions` of this view (same class), sharing storage, optionally with
+        other transforms."""
+        return type(self)(self.images, self.all_labels, transform_factory or self.transform_factory,
                         self.resolution, self.indices[np.asarray(positions, dtype=np.int64)])
 
     def transform(self, resolution: int) -> Transform:
@@ -131,6 +136,8 @@ def load_splits(name: str, root: str | Path | None = None, *, resolution: int = 
         parts = _digits(resolution, seed)
     elif name == "tinyimagenet":
         parts = _tinyimagenet(_require_root(name, root), resolution, seed)
+    elif name == "imagefolder":
+        parts = _imagefolder(_require_root(name, root), resolution, seed)
     else:
         parts = _cifar(name, _require_root(name, root), resolution, seed)
     return _assemble(parts, seed, calibration_size)
@@ -160,7 +167,7 @@ def _require_positive(**values: int) -> None:
 def _require_root(name: str, root: str | Path | None) -> Path:
     if root is None:
         raise DatasetError(f"{name} needs a root: the folder that holds the extracted dataset "
-                           f"({_CIFAR[name].layout if name in _CIFAR else TINY_LAYOUT})")
+                           f"({_CIFAR[name].layout if name in _CIFAR else {'tinyimagenet': TINY_LAYOUT}.get(name, FOLDER_LAYOUT)})")
     return Path(root).expanduser().resolve()
 
 
@@ -367,3 +374,30 @@ def _tinyimagenet(root: Path, resolution: int, seed: int) -> _Parts:
     train_idx, val_idx = _holdout(np.arange(len(train_labels)), train_labels, TINY_VAL_FRACTION, seed)
     return _Parts(pool, train_idx, val_idx, ImageSet(test_paths, test_labels, eval_factory, resolution),
                   partial(_tiny_train, mean, std), len(wnids), mean, std)
+
+
+def _folder_files(folder: Path, classes: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Image paths and labels of `folder`/<class>/*, classes sorted (or the given ones)."""
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} not found; {FOLDER_LAYOUT}")
+    try:
+        found, to_index = find_classes(str(folder))
+        samples = make_dataset(str(folder), to_index, extensions=IMG_EXTENSIONS)
+    except (FileNotFoundError, OSError) as err:
+        raise DatasetError(f"image folder {folder}: {err}; {FOLDER_LAYOUT}") from None
+    if classes is not None and found != classes:
+        raise DatasetError(f"{folder} has classes {found[:5]}...; expected the class folders of train/: "
+                           f"{classes[:5]}... ({len(classes)} in all)")
+    return [path for path, _ in samples], np.asarray([label for _, label in samples], dtype=np.int64), found
+
+
+def _imagefolder(root: Path, resolution: int, seed: int) -> _Parts:
+    """A user's own images; normalised with ImageNet statistics, augmented like Tiny ImageNet."""
+    train_paths, train_labels, classes = _folder_files(root / "train", None)
+    test_paths, test_labels, _ = _folder_files(root / "test", classes)
+    mean, std = IMAGENET_STATS
+    eval_factory = partial(_tiny_eval, mean, std)
+    pool = ImageSet(train_paths, train_labels, eval_factory, resolution)
+    train_idx, val_idx = _holdout(np.arange(len(train_labels)), train_labels, TINY_VAL_FRACTION, seed)
+    return _Parts(pool, train_idx, val_idx, ImageSet(test_paths, test_labels, eval_factory, resolution),
+                  partial(_tiny_train, mean, std), len(classes), mean, std)

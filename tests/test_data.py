@@ -250,3 +250,34 @@ def test_make_loader_batches_image_sets():
     x, y = next(iter(make_loader(s.train, 8, shuffle=True)))
     assert x.shape == (8, 3, 16, 16) and y.dtype == torch.int64
     assert isinstance(s.train, ImageSet)
+
+
+def _write_folder(root, rng, classes, per_class, ext="png"):
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.{ext}")
+
+
+def test_imagefolder_splits(tmp_path, rng):
+    _write_folder(tmp_path / "train", rng, ["cat", "dog", "eel"], 10)
+    _write_folder(tmp_path / "test", rng, ["cat", "dog", "eel"], 2, ext="jpg")
+    s = load_splits("imagefolder", tmp_path, resolution=16, seed=0)
+    assert (len(s.train), len(s.val), len(s.test), s.n_classes) == (26, 4, 6, 3)
+    _assert_disjoint_splits(s)
+    np.testing.assert_array_equal(s.test.labels, [0, 0, 1, 1, 2, 2])
+    assert all(f"/train/{['cat', 'dog', 'eel'][label]}/" in s.train.images[i]
+               for i, label in zip(s.train.indices, s.train.labels))
+    _assert_sample(s.train, 16)
+    _assert_sample(s.test, 16)
+
+
+def test_imagefolder_errors_name_the_layout(tmp_path, rng):
+    with pytest.raises(DatasetError, match="needs a root"):
+        load_splits("imagefolder")
+    with pytest.raises(DatasetError, match="train/<class>/<image>"):
+        load_splits("imagefolder", tmp_path)
+    _write_folder(tmp_path / "train", rng, ["cat", "dog"], 5)
+    _write_folder(tmp_path / "test", rng, ["cat", "fox"], 1)
+    with pytest.raises(DatasetError, match="expected the class folders of train/"):
+        load_splits("imagefolder", tmp_path)
