@@ -11,3 +11,13 @@ def rng() -> np.random.Generator:
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine a descheduled
+    OpenMP thread makes every small op wait for it: one thread keeps these tests fast."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

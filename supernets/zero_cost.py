@@ -1,0 +1,126 @@
+"""Training-free scores of a network: intra-cluster distance (ICD) and Synflow.
+
+Both are computed on the network as given (inherited or freshly initialised weights) and leave
+it untouched: ICD runs in eval mode without gradients and restores the mode; Synflow works on a
+deep copy. Higher is better for both. Candidates are only comparable when scored with the same
+image batch, batch size, initialisation scheme and seeds (the caller fixes those).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+# Activations whose output is > 0 exactly where their input is > 0, so the binary code of the
+# output is the linear-region code of the pre-activation (ReLU, h-swish, SiLU, GELU, ...).
+SIGN_PRESERVING = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.SiLU, nn.GELU, nn.LeakyReLU)
+WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def activation_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules ICD hooks by default: every sign-preserving activation module.
+
+    Why these: the binary code x > 0 of an activation's output says on which side of each unit's
+    hyperplane a sample falls (the linear-region code of NASWOT / JACOV), so distances between
+    codes measure how differently the network treats two images. Hooking every module's input
+    instead (the IFA code) counts the same tensor several times (a Sequential's input is its
+    first child's input) and binarises raw images and BN outputs, whose sign carries no such
+    meaning. Activations called functionally (e.g. inside squeeze-excite) are not modules and are
+    not hooked.
+    """
+    return [m for m in model.modules() if isinstance(m, SIGN_PRESERVING)]
+
+
+@torch.no_grad()
+def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | None = None) -> float:
+    """Intra-cluster distance of the binary activation codes of `images` (N >= 2, on the model's device).
+
+    For each hooked layer: the code of sample i is its output > 0 (flattened), the centroid is
+    the mean code over the batch, and the layer adds |c_i - centroid|^2 to sample i. The score
+    is the mean over samples of the square root of the per-sample sum. A layer called several
+    times in one forward counts once per call. Eval mode, no gradients; mode and hooks restored.
+    """
+    if images.ndim < 2 or images.shape[0] < 2:
+        raise ValueError(f"icd needs a batch of at least 2 images; got a tensor of shape {tuple(images.shape)}")
+    layers = activation_layers(model) if layers is None else list(layers)
+    if not layers:
+        raise ValueError("icd: no layer to hook (the model has no ReLU/Hardswish/SiLU/GELU/LeakyReLU module); "
+                         "pass `layers` explicitly")
+    n = images.shape[0]
+    total = torch.zeros(n, dtype=torch.float64, device=images.device)
+    calls = [0]
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if not isinstance(output, torch.Tensor) or output.shape[0] != n:
+            raise ValueError(f"icd: hooked layer {type(module).__name__} returned "
+                             f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}; expected a tensor "
+                             f"with the batch of {n} images first")
+        codes = (output > 0).flatten(1).to(torch.float64)
+        total.add_(((codes - codes.mean(0)) ** 2).sum(1).to(total.device))
+        calls[0] += 1
+
+    was_training = model.training
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        model.eval()
+        model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    if calls[0] == 0:
+        raise ValueError("icd: none of the hooked layers ran in the forward pass; pass layers the model uses")
+    return float(total.sqrt().mean())
+
+
+def _without_bn(model: nn.Module) -> nn.Module:
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, nn.Identity())
+        else:
+            _without_bn(child)
+    return model
+
+
+def synflow(model: nn.Module, resolution: int | tuple[int, int], in_channels: int = 3) -> float:
+    """log10 of the Synflow score: sum over conv/linear weights of |theta * dR/dtheta|.
+
+    Computed on a deep copy in float64, eval mode (no dropout), every BatchNorm replaced by the
+    identity (as in the zero-cost-proxy code: with a batch of one all-ones image, train-mode BN
+    would erase the signal, and eval-mode BN would make the score depend on running statistics),
+    every parameter replaced by its absolute value; R = sum of the outputs (of all exits) for an
+    all-ones input of batch 1. The log keeps the scores of deep nets (raw values beyond 1e60)
+    readable and rankable; a score of 0 gives -inf. Raises if float64 overflows.
+    The original network's weights, dtype, device and mode are untouched.
+    """
+    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    first = next(model.parameters(), None)
+    if first is None:
+        raise ValueError("synflow: the model has no parameters")
+    net = _without_bn(copy.deepcopy(model)).to(torch.float64).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+            p.requires_grad_(True)
+    x = torch.ones(1, in_channels, *size, dtype=torch.float64, device=first.device)
+    with torch.enable_grad():
+        out = net(x)
+        outputs = out if isinstance(out, (tuple, list)) else (out,)
+        torch.stack([o.sum() for o in outputs]).sum().backward()
+    with torch.no_grad():
+        score = sum(float((m.weight * m.weight.grad).abs().sum()) for m in net.modules()
+                    if isinstance(m, WEIGHTED) and m.weight.grad is not None)
+    if not math.isfinite(score):
+        raise FloatingPointError(f"synflow: the score overflowed float64 ({score}); the network is too deep "
+                                 "or its weights too large for a float64 Synflow")
+    return math.log10(score) if score > 0 else -math.inf
+
+
+def training_free_metrics(model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """ICD on `images` and log10 Synflow at the images' size and channels: one candidate's scores."""
+    if images.ndim != 4:
+        raise ValueError(f"training_free_metrics needs images of shape (N, C, H, W); got {tuple(images.shape)}")
+    return {"icd": icd(model, images), "synflow": synflow(model, tuple(images.shape[-2:]), images.shape[1])}
