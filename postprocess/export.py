@@ -1,0 +1,110 @@
+"""Export of a fine-tuned subnet: a folder a user can ship without this project's search code.
+
+    <subnet>/arch.json           Subnet config: `Subnet(**config)` rebuilds the module
+    <subnet>/weights.safetensors its state dict
+    <subnet>/model.pt2           torch.export program (dynamic batch)
+    <subnet>/model.onnx          ONNX graph from the dynamo exporter (dynamic batch)
+    <subnet>/metadata.json       accuracy, params, MACs, resolution, exits, data, normalisation, parity
+
+An early-exit model returns every active exit's logits (outputs `exit<i>`); its prediction is the
+beta-weighted sum recorded in the metadata. Each export is checked: the rebuilt module, the .pt2
+program and onnxruntime must agree with the in-memory model within a tolerance. The folder is
+written under a temporary name and renamed into place, so it is either complete or absent.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from supernets.aep import as_exits
+from supernets.subnet import Subnet
+
+FILES = ("arch.json", "weights.safetensors", "model.pt2", "model.onnx", "metadata.json")
+
+
+class ExportError(RuntimeError):
+    """An export is missing, incomplete or does not reproduce the model it came from."""
+
+
+def load_subnet(folder: str | Path) -> Subnet:
+    """Rebuild an exported subnet (eval mode) from arch.json + weights.safetensors."""
+    folder = Path(folder)
+    for name in ("arch.json", "weights.safetensors"):
+        if not (folder / name).is_file():
+            raise ExportError(f"{folder / name} does not exist; expected a folder written by `nat2 export` "
+                              f"holding {', '.join(FILES)}")
+    model = Subnet(**json.loads((folder / "arch.json").read_text()))
+    model.load_state_dict(load_file(folder / "weights.safetensors"))
+    return model.eval()
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    with torch.no_grad():
+        return [z.detach().cpu().numpy() for z in as_exits(model(x))]
+
+
+def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    if len(a) != len(b) or any(p.shape != q.shape for p, q in zip(a, b)):
+        return float("inf")
+    return max(float(np.abs(p - q).max()) for p, q in zip(a, b))
+
+
+def export_subnet(model: Subnet, folder: str | Path, metadata: dict[str, Any], *, tolerance: float = 1e-4,
+                  check_batch: int = 4, seed: int = 0) -> dict[str, float]:
+    """Write the five files of an export to `folder` and check them; returns the parity figures
+    (max abs difference of each format's logits from the in-memory model's)."""
+    folder = Path(folder)
+    model = model.cpu().eval()
+    resolution = model.arch.resolution
+    x = torch.randn(check_batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        (tmp / "arch.json").write_text(json.dumps(model.config, indent=2))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "weights.safetensors")
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, tmp / "model.pt2")
+        names = [f"exit{e}" for e in model.exit_list]
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+            torch.onnx.export(model, (x,), tmp / "model.onnx", dynamo=True, dynamic_shapes=({0: batch},),
+                              input_names=["image"], output_names=names, external_data=False, verbose=False)
+        parity = check_export(model, tmp, x[:max(1, check_batch // 2)])
+        bad = {k: v for k, v in parity.items() if not v <= tolerance}
+        if bad:
+            raise ExportError(f"export of {folder.name} does not reproduce the model: max abs differences {bad} "
+                              f"exceed {tolerance}")
+        (tmp / "metadata.json").write_text(json.dumps({**metadata, "outputs": names, "parity": parity}, indent=2))
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        tmp.chmod(0o755)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return parity
+
+
+def check_export(model: nn.Module, folder: Path, x: torch.Tensor) -> dict[str, float]:
+    """Max abs difference from `model` of the rebuilt module, the .pt2 program and onnxruntime,
+    on a batch size other than the one traced (the batch axis must be dynamic)."""
+    reference = _outputs(model, x)
+    rebuilt = _outputs(load_subnet(folder), x)
+    program = _outputs(torch.export.load(folder / "model.pt2").module(), x)
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    onnx = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return {"rebuilt": _max_diff(reference, rebuilt), "pt2": _max_diff(reference, program),
+            "onnx": _max_diff(reference, onnx)}
