@@ -229,13 +229,17 @@ class Archive:
 
 
 def initial_archive(space: SearchSpace, evaluate: Callable[[np.ndarray], list[Record]], size: int,
-                    multiplier: int, objectives: Sequence[str], seed: int) -> Archive:
-    """NAT2 pre-processing: evaluate multiplier*size - 2 architectures sampled uniformly plus the
-    min and max nets, keep the best size - 2 by survival, and pin min and max."""
+                    multiplier: int, objectives: Sequence[str], seed: int,
+                    warm_start: np.ndarray | None = None) -> Archive:
+    """NAT2 pre-processing: evaluate multiplier*size - 2 architectures plus the min and max nets,
+    keep the best size - 2 by survival, and pin min and max. The architectures are `warm_start`
+    (e.g. a training-free RB-IFA front), then uniform samples for the rest."""
     if multiplier < 1:
         raise ValueError(f"multiplier must be >= 1; got {multiplier}")
     extremes = np.stack([space.min_encoding, space.max_encoding])
-    X = np.concatenate([extremes, space.sample(np.random.default_rng(seed), max(0, multiplier * size - 2))])
+    warm = np.empty((0, space.n_var), dtype=np.int64) if warm_start is None else space.repair(space.validate(warm_start))
+    n_sampled = max(0, multiplier * size - 2 - len(warm))
+    X = np.concatenate([extremes, warm.reshape(-1, space.n_var), space.sample(np.random.default_rng(seed), n_sampled)])
     X = X[unique_rows(X)]
     records = evaluate(X)
     if len(records) != len(X):

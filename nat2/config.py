@@ -22,9 +22,27 @@ DEFAULTS: dict[str, Any] = {
     "search": {
         "objectives": ["acc", "params"], "supernet": None, "archive_size": 300, "multiplier": 10,
         "iterations": 30, "candidates": 25, "population": 100, "generations": 20, "predictor": "lgb",
-        "knees": 3, "seed": 0,
+        "knees": 3, "seed": 0, "warm_start": None,
         "adapt": {"epochs": 5, "lr": 7.5e-3, "subnets_per_step": 4, "weight_decay": 3.0e-4, "grad_clip": 5.0,
                   "smoothing": 0.0},
+    },
+    # Which subnets of the search go on (nat2/select.py); wp is RB-IFA's performance weight.
+    "select": {"method": "knee", "wp": 0.5, "n": 1},
+    # Two-step fine-tuning (spec/training.md section 4); `epochs` is step 1's maximum and the
+    # schedule's length. `variants`: single (the subnet as found) and, for early-exit subnets, aep.
+    "finetune": {
+        "epochs": 150, "patience": 30, "lr": 1.0e-4, "weight_decay": 5.0e-4, "optimizer": "adamw", "momentum": 0.9,
+        "batch_size": 64, "label_smoothing": 0.0, "aep_scheme": "unif", "variants": ["single", "aep"],
+        "prune": False, "seed": 0,
+    },
+    "export": {"tolerance": 1.0e-4},
+    # RB-IFA (spec/rbifa.md): the performance weight(s) Wp of eq. 6, the Improved FireFly
+    # Algorithm's defaults, the ICD image batch, the subnet weights (inherited from the supernets
+    # or a fresh init) and whether the training-free search writes a warm start for NAT2.
+    "rbifa": {
+        "wp": [0.5], "population": 20, "generations": 100, "alpha": 0.5, "beta0": 0.95, "gamma": 0.15,
+        "max_chances": 5, "mutation_prob": 1.0, "seed": 0, "batch_size": 64, "init": "inherited",
+        "warm_start": False,
     },
     "train": {
         "schedule": "eps", "source": None, "device": "auto",

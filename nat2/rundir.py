@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from .config import ConfigError
+from .jsonio import write_text
 
 # Keys that may change between a run and its resume: they do not change the results.
 RUNTIME_KEYS = {("train", "num_workers"), ("train", "device"), ("train", "eval_batch_size")}
@@ -28,14 +29,15 @@ def run_dir_of(config: dict[str, Any], config_path: str | Path) -> Path:
     return Path(config["run"]["dir"] or Path("runs") / Path(config_path).stem)
 
 
-def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+def config_differences(old: Any, new: Any, where: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ, except runtime keys, `run` and the sections in `ignore`."""
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for key in sorted(set(old) | set(new), key=str):
             path = f"{where}.{key}" if where else str(key)
-            if tuple(path.split(".")) in RUNTIME_KEYS or key == "run":
+            if tuple(path.split(".")) in RUNTIME_KEYS or key == "run" or path in ignore:
                 continue
-            out += _differences(old.get(key), new.get(key), path)
+            out += config_differences(old.get(key), new.get(key), path, ignore)
         return out
     return [] if old == new else [where]
 
@@ -52,7 +54,7 @@ def prepare(run_dir: Path, config: dict[str, Any], stage: str, resume: bool, wri
         if not stage_dir.exists():
             raise ConfigError(f"--resume: {stage_dir} does not exist; run without --resume to start this stage")
         if saved.exists():
-            diff = _differences(yaml.safe_load(saved.read_text()), config)
+            diff = config_differences(yaml.safe_load(saved.read_text()), config)
             if diff:
                 raise ConfigError(f"--resume: the config differs from {saved} at {', '.join(diff)}; "
                                   "resume with the run's own config")
@@ -61,14 +63,8 @@ def prepare(run_dir: Path, config: dict[str, Any], stage: str, resume: bool, wri
                           "to start a new run")
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_text(saved, yaml.safe_dump(config, sort_keys=False))
-        _write_text(run_dir / "env.json", json.dumps(environment(), indent=2))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        write_text(saved, yaml.safe_dump(config, sort_keys=False))
+        write_text(run_dir / "env.json", json.dumps(environment(), indent=2))
 
 
 def environment() -> dict[str, Any]:
@@ -103,6 +99,8 @@ def setup_logging(run_dir: Path, command: str, is_main: bool) -> None:
     if is_main:
         (run_dir / "logs").mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(run_dir / "logs" / f"{command}.log"))
+    for chatty in ("onnxscript", "onnx_ir"):  # the ONNX exporter logs every optimisation pass
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     for handler in handlers:
         handler.setFormatter(fmt)
         handler._nat2 = True

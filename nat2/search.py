@@ -26,9 +26,10 @@ from pymoo.mcdm.high_tradeoff import HighTradeoffPoints
 
 from predictors import PREDICTORS, AdaptivePredictor, KFoldEnsemble, correlation_report, make_predictor
 
-from .archive import Archive, Record, check_objectives, hypervolume, initial_archive, reference_point
+from .archive import Archive, ArchiveError, Record, check_objectives, hypervolume, initial_archive, reference_point
 from .candidates import choose_candidates, generate
 from .evaluate import Evaluator
+from .jsonio import write_json
 from .plots import curves_plot, pareto_plot
 from .space import SearchSpace
 
@@ -49,6 +50,7 @@ class SearchSettings:
     predictor: str = "lgb"
     knees: int = 3
     seed: int = 0
+    warm_start: str | None = None
 
     def __post_init__(self) -> None:
         objectives = self.objectives.split(",") if isinstance(self.objectives, str) else self.objectives
@@ -64,6 +66,22 @@ class SearchSettings:
         if not isinstance(self.knees, int) or self.knees < 0:
             raise ValueError(f"search.knees = {self.knees!r}; expected an integer >= 0")
         build_predictor(self.predictor, 0)
+
+
+def warm_start_encodings(path: str | None) -> np.ndarray | None:
+    """`search.warm_start`: a JSON list of encodings (e.g. tfsearch/warm_start.json) to put in
+    the initial sample."""
+    if path is None:
+        return None
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ArchiveError(f"search.warm_start = {path}: cannot read a JSON list of encodings ({err})") from None
+    if not isinstance(data, list) or not data or len({len(x) if isinstance(x, list) else -1 for x in data}) != 1:
+        raise ArchiveError(f"search.warm_start = {path}: expected a non-empty JSON list of encodings (lists of "
+                           "integers of one length)")
+    return np.array(data)
 
 
 def build_predictor(name: str, seed: int) -> Any:
@@ -84,13 +102,6 @@ def _finite(values: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in values.items()}
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 class Search:
     """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, records)`."""
 
@@ -107,7 +118,7 @@ class Search:
 
     def _save(self, path: Path, data: Any) -> None:
         if self.is_main:
-            _write_json(path, data)
+            write_json(path, data)
 
     def _stats(self, k: int) -> list[dict[str, Any]]:
         return [json.loads((self._iter_dir(i) / "stats.json").read_text()) for i in range(k + 1)]
@@ -118,14 +129,14 @@ class Search:
                      front_size=len(archive.front()))
         if self.is_main:
             folder = self._iter_dir(k)
-            _write_json(folder / "stats.json", stats)
+            write_json(folder / "stats.json", stats)
             cost = next((o for o in self.objectives if o != "acc"), "macs")
             pareto_plot(folder / "pareto.png", archive.records, archive.front(), candidates, cost,
                         f"iteration {k}: hypervolume {stats['hypervolume']:.4f}")
             archive.save(folder / "archive.json")  # last: its presence marks the iteration done
             curves_plot(self.out / "curves.png", self._stats(k))
             self.state["iterations_done"] = k
-            _write_json(self.out / "state.json", self.state)
+            write_json(self.out / "state.json", self.state)
         log.info("iteration %d: hypervolume %.4f, front %d, predictor %s", k, stats["hypervolume"],
                  stats["front_size"], stats.get("predictor") or "-")
 
@@ -140,7 +151,7 @@ class Search:
         archive = initial_archive(
             self.space, lambda X: self.evaluator.evaluate(X, 0, self._iter_dir(0) / "evaluated.jsonl",
                                                           "initial archive"),
-            s.archive_size, s.multiplier, self.objectives, s.seed)
+            s.archive_size, s.multiplier, self.objectives, s.seed, warm_start_encodings(s.warm_start))
         ref, ideal = reference_point(archive.F)
         self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
                           seed=s.seed, iterations_done=0)

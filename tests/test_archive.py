@@ -222,3 +222,11 @@ def test_archive_hypervolume_never_decreases_when_points_are_added():
         hv = hypervolume(archive.F, ref, ideal)
         assert hv >= last - 1e-12
         last = hv
+
+
+def test_initial_archive_evaluates_the_warm_start_encodings_first():
+    space, calls = SPACES["parallel-ee"], []
+    warm = space.sample(np.random.default_rng(7), 5)
+    initial_archive(space, evaluator(space, calls), 30, 4, ("acc", "params"), seed=0, warm_start=warm)
+    (X,) = calls
+    assert len(X) <= 120 and np.array_equal(X[2:7], warm)
