@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/nat2 sample configs/demo.yaml
+	$(VENV)/bin/nat2 run configs/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
