@@ -18,7 +18,8 @@ DEFAULTS: dict[str, Any] = {
     "sample": {"n": 8, "seed": 0, "batch_size": 100},
     "run": {"dir": None},
     # The NAT2 search (spec/nat2-search.md sections 2-5); `supernet` defaults to this run's
-    # train-supernet result: supernet/w<width>/<last phase>/best.pt.
+    # train-supernet result: supernet/w<width>/<last phase>/best.pt. `warm_start`: a JSON list of
+    # encodings (e.g. tfsearch/warm_start.json) evaluated in the initial archive sample.
     "search": {
         "objectives": ["acc", "params"], "supernet": None, "archive_size": 300, "multiplier": 10,
         "iterations": 30, "candidates": 25, "population": 100, "generations": 20, "predictor": "lgb",
@@ -26,7 +27,8 @@ DEFAULTS: dict[str, Any] = {
         "adapt": {"epochs": 5, "lr": 7.5e-3, "subnets_per_step": 4, "weight_decay": 3.0e-4, "grad_clip": 5.0,
                   "smoothing": 0.0},
     },
-    # Which subnets of the search go on (nat2/select.py); wp is RB-IFA's performance weight.
+    # Which subnets of the search go on (nat2/select.py): knee, front or rbifa (the `n` best by
+    # RB-IFA's rank score for the performance weight `wp`).
     "select": {"method": "knee", "wp": 0.5, "n": 1},
     # Two-step fine-tuning (spec/training.md section 4); `epochs` is step 1's maximum and the
     # schedule's length. `variants`: single (the subnet as found) and, for early-exit subnets, aep.
