@@ -14,12 +14,11 @@ import torch.distributed
 
 from supernets.distributed import init_distributed
 
-from .config import ConfigError
 from .export_command import cmd_export
 from .finetune_command import cmd_finetune, finetune_options
 from .rundir import run_dir_of
 from .search_command import cmd_search, search_settings
-from .select import METHODS, cmd_select
+from .select import check_selection, cmd_select
 from .train import cmd_train_supernet, train_options
 
 Command = Callable[[dict[str, Any], argparse.Namespace], None]
@@ -61,10 +60,7 @@ def check_config(config: dict[str, Any]) -> None:
     train_options(config)
     search_settings(config)
     finetune_options(config)
-    s = config["select"]
-    if s["method"] not in METHODS or not 0 <= float(s["wp"]) <= 1:
-        raise ConfigError(f"select: method {s['method']!r}, wp {s['wp']!r}; expected one of {', '.join(METHODS)} "
-                          "and 0 <= wp <= 1")
+    check_selection(config["select"])
 
 
 def summary(run_dir: Path) -> str:

@@ -21,7 +21,7 @@ import yaml
 from .archive import Archive
 from .config import ConfigError
 from .jsonio import write_json
-from .rbifa import rb_scores, rb_select
+from .rbifa import check_wp, rb_scores, rb_select
 from .rundir import config_differences, prepare, run_dir_of, setup_logging
 
 METHODS = ("knee", "front", "rbifa")
@@ -47,12 +47,21 @@ def final_archive(run_dir: Path) -> Archive:
     return Archive.load(run_dir / "search" / f"iter_{state['iterations_done']}" / "archive.json")
 
 
-def select(run_dir: Path, method: str, wp: float, n: int) -> list[dict[str, Any]]:
-    """The chosen subnets as rows of search/final.json (id, encoding, arch, accuracies, costs)."""
+def check_selection(settings: dict[str, Any]) -> tuple[str, float, int]:
+    """(method, wp, n) of the config's `select` section, or a ConfigError naming the bad value."""
+    method, n = settings["method"], settings["n"]
     if method not in METHODS:
         raise ConfigError(f"select.method = {method!r}; expected one of {', '.join(METHODS)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"select.n = {n!r}; expected a positive integer")
+    try:
+        return method, check_wp(settings["wp"]), n
+    except ValueError as err:
+        raise ConfigError(f"select.{err}") from None
+
+
+def select(run_dir: Path, method: str, wp: float, n: int) -> list[dict[str, Any]]:
+    """The chosen subnets as rows of search/final.json (id, encoding, arch, accuracies, costs)."""
     front = _read_json(run_dir / "search" / "final.json", "the search has not finished: run `nat2 search` first")
     if method == "knee":
         rows = [r for r in front if r["knee"]]
@@ -92,7 +101,7 @@ def cmd_select(config: dict[str, Any], args: argparse.Namespace) -> None:
     prepare(run_dir, config, "select", resume=finetuned)
     setup_logging(run_dir, "select", True)
     s = config["select"]
-    rows = select(run_dir, s["method"], float(s["wp"]), s["n"])
+    rows = select(run_dir, *check_selection(s))
     if finetuned and out.exists():
         old = [r["id"] for r in json.loads(out.read_text())["subnets"]]
         if old != [r["id"] for r in rows]:

@@ -8,6 +8,7 @@ from nat2.archive import (Archive, ArchiveError, hypervolume, initial_archive, o
                           survive)
 from nat2.config import load_config
 from nat2.factory import build_space
+from nat2.search import warm_start_encodings
 from nat2.space import SearchSpace
 
 SPACES = {
@@ -230,3 +231,14 @@ def test_initial_archive_evaluates_the_warm_start_encodings_first():
     initial_archive(space, evaluator(space, calls), 30, 4, ("acc", "params"), seed=0, warm_start=warm)
     (X,) = calls
     assert len(X) <= 120 and np.array_equal(X[2:7], warm)
+
+
+def test_a_bad_warm_start_file_is_named(tmp_path):
+    assert warm_start_encodings(None) is None
+    path = tmp_path / "warm.json"
+    for text, match in (("not json", "cannot read"), ("[]", "non-empty"), ("[[1, 2], [3]]", "one length")):
+        path.write_text(text)
+        with pytest.raises(ArchiveError, match=match):
+            warm_start_encodings(str(path))
+    path.write_text("[[1, 2], [3, 4]]")
+    assert warm_start_encodings(str(path)).tolist() == [[1, 2], [3, 4]]

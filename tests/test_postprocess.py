@@ -193,3 +193,14 @@ def test_load_subnet_names_a_missing_file(tmp_path):
     with pytest.raises(ExportError, match="weights.safetensors"):
         (tmp_path / "arch.json").write_text("{}")
         load_subnet(tmp_path)
+
+
+def test_two_step_with_pruning_returns_the_cut_model_of_the_kept_exits(supernet, arch, tmp_path):
+    splits = load_splits("synthetic", calibration_size=16, n_train=40, n_val=20, n_test=20)
+    options = FinetuneOptions(epochs=2, patience=2, batch_size=20, lr=1e-3)
+    result, model = two_step(lambda: supernet.extract(arch, "all"), splits, arch.resolution, options, tmp_path,
+                             torch.device("cpu"), prune=True)
+    kept = result["kept_exits"]
+    assert result["exits"] == list(range(1, arch.exit + 1)) and set(kept) <= set(result["exits"])
+    assert list(model.exit_list) == kept and model.arch.exit == max(kept)
+    assert sum(result["kept_beta"]) == pytest.approx(1.0) and len(result["kept_beta"]) == len(kept)
