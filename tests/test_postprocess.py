@@ -69,6 +69,29 @@ def test_step_two_trains_exactly_e_epochs_and_reads_the_test_split_once_at_the_e
     assert 0 <= result["test_top1"] <= 100 and result["exits"] == [arch.exit]
 
 
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_two_starts_again_from_the_supernet_weights_not_from_step_one(supernet, arch, tmp_path, monkeypatch):
+    starts: dict[str, dict[str, torch.Tensor]] = {}
+    original = Finetuner._epoch
+
+    def recorded(self, epoch):
+        starts.setdefault(self.dir.name, {k: v.clone() for k, v in self.model.state_dict().items()})
+        return original(self, epoch)
+    monkeypatch.setattr(Finetuner, "_epoch", recorded)
+    splits = load_splits("synthetic", calibration_size=16, n_train=40, n_val=20, n_test=20)
+    options = FinetuneOptions(epochs=2, patience=2, batch_size=20, lr=1e-2)
+    two_step(lambda: supernet.extract(arch), splits, arch.resolution, options, tmp_path, torch.device("cpu"))
+    extracted = supernet.extract(arch).state_dict()
+    step1_best = torch.load(tmp_path / "step1" / "best.pt", weights_only=True)["model"]
+    step1_last = torch.load(tmp_path / "step1" / "last.pt", weights_only=True)["model"]
+    assert not _same_weights(step1_best, extracted) and not _same_weights(step1_last, extracted)
+    assert _same_weights(starts["step1"], extracted)
+    assert _same_weights(starts["step2"], extracted)
+
+
 def test_early_stopping_follows_validation_loss_and_the_best_epoch_validation_top1(tmp_path):
     trainer = Finetuner.__new__(Finetuner)
     trainer.validation, trainer.options = object(), FinetuneOptions(patience=3)
@@ -102,7 +125,7 @@ def test_resumed_fine_tuning_equals_uninterrupted(supernet, arch, tmp_path, monk
     assert resumed == reference
     a = torch.load(tmp_path / "a" / "step2" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b" / "step2" / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _same_weights(a, b)
 
 
 def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(supernet, arch, tmp_path, monkeypatch):
