@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import postprocess.finetune as finetune
 from postprocess import ExportError, FinetuneOptions, export_subnet, load_subnet, two_step
 from postprocess.finetune import Finetuner, best_epoch, keep_exits, prune_exits, scores
 from supernets import Supernet, default_space, load_splits
+from supernets.data import ImageSet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +92,39 @@ def test_step_two_starts_again_from_the_supernet_weights_not_from_step_one(super
     assert not _same_weights(step1_best, extracted) and not _same_weights(step1_last, extracted)
     assert _same_weights(starts["step1"], extracted)
     assert _same_weights(starts["step2"], extracted)
+
+
+def test_step_two_trains_on_every_train_and_validation_image_with_training_augmentation(supernet, arch, tmp_path,
+                                                                                       monkeypatch):
+    splits = load_splits("synthetic", calibration_size=16, n_train=40, n_val=20, n_test=20)
+    pool = splits.train.images              # train and validation views share it; test has its own
+    draws: dict[str, list[tuple[int | None, object]]] = defaultdict(list)   # step -> (pool index, transforms)
+    running: list[str] = []
+    original_epoch, original_item = Finetuner._epoch, ImageSet.__getitem__
+
+    def epoch(self, e):
+        running.append(self.dir.name)
+        try:
+            return original_epoch(self, e)
+        finally:
+            running.pop()
+
+    def item(self, index):
+        if running:
+            position = index[0] if isinstance(index, tuple) else index
+            image = int(self.indices[position]) if self.images is pool else None
+            draws[running[-1]].append((image, self.transform_factory))
+        return original_item(self, index)
+    monkeypatch.setattr(Finetuner, "_epoch", epoch)
+    monkeypatch.setattr(ImageSet, "__getitem__", item)
+    options = FinetuneOptions(epochs=2, patience=2, batch_size=20, lr=1e-3)
+    result, _ = two_step(lambda: supernet.extract(arch), splits, arch.resolution, options, tmp_path,
+                         torch.device("cpu"))
+    train, val = splits.train.indices.tolist(), splits.val.indices.tolist()
+    assert Counter(image for image, _ in draws["step1"]) == Counter(train * result["step1_epochs"])
+    assert Counter(image for image, _ in draws["step2"]) == Counter((train + val) * result["step2_epochs"])
+    assert splits.val.transform_factory is not splits.train.transform_factory
+    assert all(factory is splits.train.transform_factory for _, factory in draws["step1"] + draws["step2"])
 
 
 def test_early_stopping_follows_validation_loss_and_the_best_epoch_validation_top1(tmp_path):
