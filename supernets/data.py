@@ -2,9 +2,10 @@
 
 Subnets are evaluated at their own input resolution, so an `ImageSet` keeps raw images and
 builds its transform per resolution; `dataset[(i, r)]` lets a batch sampler pick the
-resolution of each step. Validation is held out of the official training set (the test split
-is touched only at the end), and the BN-calibration subset is drawn from the training split
-so that it never overlaps validation. Nothing is downloaded: a missing or malformed dataset
+resolution of each step, and `dataset[(i, r, seed)]` also the seed of the image's augmentation.
+Validation is held out of the official training set (the test split is touched only at the
+end), and the BN-calibration subset is drawn from the training split so that it never overlaps
+validation. Nothing is downloaded: a missing or malformed dataset
 raises `DatasetError` naming the path and the expected layout.
 """
 from __future__ import annotations
@@ -83,10 +84,21 @@ class ImageSet(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, resolution = item if isinstance(item, tuple) else (item, self.resolution)
+    def __getitem__(self, item: int | tuple[int, int] | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        """`dataset[i]`, `dataset[(i, resolution)]`, or `dataset[(i, resolution, seed)]`: the last
+        draws the random transforms from `seed` alone (not from the process's generator)."""
+        index, resolution, *seed = item if isinstance(item, tuple) else (item, self.resolution)
         j = self.indices[index]
-        return self.transform(resolution)(self._image(j)), int(self.all_labels[j])
+        transform, image = self.transform(resolution), self._image(j)
+        if not seed:
+            return transform(image), int(self.all_labels[j])
+        generator = torch.default_generator  # its own manual_seed: torch.manual_seed costs 50x more
+        state = generator.get_state()
+        generator.manual_seed(seed[0])
+        try:
+            return transform(image), int(self.all_labels[j])
+        finally:
+            generator.set_state(state)
 
     def _image(self, j: int) -> Image.Image:
         if isinstance(self.images, np.ndarray):

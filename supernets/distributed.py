@@ -2,6 +2,7 @@
 
 Every rank must train the same subnets in a step, so sampling seeds come from the step, and
 every rank sees batches of the same resolution, so resolutions come from (seed, epoch, batch).
+Augmentation and dropout must differ between ranks, so their seeds also take the rank.
 """
 from __future__ import annotations
 
@@ -62,11 +63,15 @@ def step_seed(*parts: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([int(p) for p in parts])
 
 
-class ResolutionBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of (index, resolution) pairs for `ImageSet`: each batch draws one resolution.
+class ResolutionBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Batches of (index, resolution, augmentation seed) items for `ImageSet`: each batch draws
+    one resolution.
 
     Indices come from a DistributedSampler (shuffled per epoch, a disjoint shard per rank); the
-    resolution of batch b of epoch e is drawn from (seed, e, b), so all ranks agree on it.
+    resolution of batch b of epoch e is drawn from (seed, e), so all ranks agree on it. Each item
+    carries its own augmentation seed, drawn from (seed, epoch, rank): ranks draw different
+    flips and policies, and the draws do not depend on which loader worker, started when, loads
+    the image, so a resumed run augments exactly as an uninterrupted one.
     """
 
     def __init__(self, n: int, batch_size: int, resolutions: Sequence[int], *, seed: int, ctx: Dist = Dist(),
@@ -76,6 +81,7 @@ class ResolutionBatchSampler(Sampler[list[tuple[int, int]]]):
         self.sampler = DistributedSampler(range(n), num_replicas=ctx.world_size, rank=ctx.rank, shuffle=shuffle,
                                           seed=seed, drop_last=drop_last)
         self.batch_size, self.resolutions, self.seed, self.drop_last = batch_size, tuple(resolutions), seed, drop_last
+        self.rank = ctx.rank
         self.weights = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
         if len(self) == 0:
             raise ValueError(f"{n} training images give no batch of {batch_size} on {ctx.world_size} process(es); "
@@ -90,10 +96,12 @@ class ResolutionBatchSampler(Sampler[list[tuple[int, int]]]):
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         rng = np.random.default_rng(step_seed(self.seed, self.epoch))
         resolutions = rng.choice(self.resolutions, size=len(self), p=self.weights)
         indices = list(self.sampler)
+        seeds = np.random.default_rng(step_seed(self.seed, self.epoch, self.rank)).integers(2 ** 62, size=len(indices))
         for b in range(len(self)):
             r = int(resolutions[b])
-            yield [(i, r) for i in indices[b * self.batch_size:(b + 1) * self.batch_size]]
+            batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+            yield [(i, r, int(s)) for i, s in zip(indices[batch], seeds[batch])]

@@ -5,13 +5,14 @@ AEP ensemble z_T = sum_i beta_i z_i. A single-exit teacher gives its one output.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
 from .aep import ensemble_logits
+from .bn import recalibrate_bn
 
 TEACHER_BN_MODES = ("eval", "train")
 
@@ -38,6 +39,41 @@ def freeze(teacher: nn.Module, bn_mode: str = "eval") -> nn.Module:
                 m.train()
                 m.track_running_stats = False
     return teacher
+
+
+class ResolutionTeacher(nn.Module):
+    """A frozen eval-mode teacher with one set of BN running statistics per input resolution.
+
+    BN statistics are resolution-specific: a teacher calibrated at 64 px normalises a 48-px
+    batch with the wrong moments. `model` is recalibrated on `batches_at(r)` for every training
+    resolution r, each set is kept, and the set that fits the input's size is loaded into the BN
+    layers before the forward pass.
+    """
+
+    def __init__(self, model: nn.Module, batches_at: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                 resolutions: Sequence[int]) -> None:
+        super().__init__()
+        self.model = freeze(model, "eval")
+        self.exit_list = getattr(model, "exit_list", None)
+        self.bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        self.stats: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for r in resolutions:
+            recalibrate_bn(model, batches_at(r))
+            self.stats[int(r)] = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in self.bns]
+        self.resolution = int(resolutions[-1])
+        self.train(False)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        r = x.shape[-1]
+        if r != self.resolution:
+            if r not in self.stats:
+                raise ValueError(f"the teacher was calibrated at {sorted(self.stats)} px, not at {r} px")
+            with torch.no_grad():
+                for bn, (mean, var) in zip(self.bns, self.stats[r]):
+                    bn.running_mean.copy_(mean)
+                    bn.running_var.copy_(var)
+            self.resolution = r
+        return self.model(x)
 
 
 @torch.no_grad()

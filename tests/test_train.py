@@ -1,6 +1,8 @@
 import copy
 import hashlib
 import itertools
+import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -194,12 +196,26 @@ def test_batches_draw_one_resolution_each_and_ranks_agree():
     batches = [list(s) for s in samplers]
     assert len(batches[0]) == len(batches[1]) == 8
     for b0, b1 in zip(*batches):
-        assert len({r for _, r in b0}) == 1 and b0[0][1] == b1[0][1]
-    seen = [i for b in batches[0] + batches[1] for i, _ in b]
+        assert len({r for _, r, _ in b0}) == 1 and b0[0][1] == b1[0][1]
+    seen = [i for b in batches[0] + batches[1] for i, _, _ in b]
     assert sorted(seen) == list(range(64))
     assert len({b[0][1] for b in batches[0]}) > 1
+    seeds = [[s for b in batches[rank] for _, _, s in b] for rank in (0, 1)]
+    assert len(set(seeds[0]) | set(seeds[1])) == 64   # every image of the epoch its own augmentation draw
     samplers[0].set_epoch(2)
     assert list(samplers[0]) != batches[0]
+
+
+def test_augmentation_depends_on_the_item_seed_only(splits):
+    item = (3, 16, 12345)
+    first = splits.train[item][0]
+    torch.rand(10)   # the process's generator moves on; the item's draw must not
+    assert torch.equal(splits.train[item][0], first)
+    variants = {tuple(splits.train[(3, 16, seed)][0].flatten().tolist()) for seed in range(16)}
+    assert len(variants) == 2   # flipped or not: the synthetic set's one random transform
+    state = torch.get_rng_state()
+    splits.train[item]
+    assert torch.equal(torch.get_rng_state(), state)   # dropout's stream is left alone
 
 
 def test_training_steps_see_varying_resolutions(splits, tmp_path, monkeypatch):
@@ -252,19 +268,142 @@ def test_every_phase_runs_and_the_loss_decreases(variant, splits, tmp_path):
     assert _fixed_batch_loss(net, splits) < before
 
 
+def _trainer(net, splits, tmp_path, row, options=OPTIONS, teacher=None):
+    phase = _phases(net, [row])[0]
+    return PhaseTrainer(net, phase, 0, splits, options, tmp_path, Dist(), teacher, None, 0.0)
+
+
+def _batch(splits, n=8, resolution=16):
+    x = torch.stack([splits.train[(i, resolution)][0] for i in range(n)])
+    return x, torch.tensor([splits.train[i][1] for i in range(n)])
+
+
+def test_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(splits, tmp_path, monkeypatch):
+    net = _supernet((False, False, True))
+    teacher = train_module.build_teacher(net, splits, OPTIONS, torch.device("cpu"))
+    trainer = _trainer(net, splits, tmp_path, {"name": "exit", "exits": "all", "epochs": 1, "lr": 0.05,
+                                               "subnets_per_step": 2}, replace(OPTIONS, bf16=True), teacher)
+    seen = []
+    original = PhaseTrainer._loss
+
+    def spy(self, out, y, z_t, alpha):
+        loss = original(self, out, y, z_t, alpha)
+        seen.append((out.dtype, z_t.dtype, loss.dtype))
+        return loss
+    monkeypatch.setattr(PhaseTrainer, "_loss", spy)
+    before = net.stem.conv.weight.clone()
+    x, y = _batch(splits)
+    loss = trainer.train_step(x, y, trainer.step_archs(0, 16))
+    assert seen == [(torch.bfloat16, torch.bfloat16, torch.float32)] * 2
+    assert math.isfinite(loss) and not torch.equal(net.stem.conv.weight, before)
+    assert net.stem.conv.weight.dtype == torch.float32
+
+
+def test_bf16_phase_trains_end_to_end(splits, tmp_path):
+    net = _supernet((True, True, True), resolutions=(12, 16))
+    table = [{"name": "full", "epochs": 1, "lr": 0.05, "aep": True},
+             {"name": "depth", "depths": "all", "exits": "all", "epochs": 1, "lr": 0.01, "subnets_per_step": 2}]
+    train_supernet(net, _phases(net, table), splits, tmp_path, replace(OPTIONS, bf16=True))
+    history = load_checkpoint(tmp_path / "depth" / "last.pt")["history"]
+    assert math.isfinite(history[0]["train_loss"]) and history[0]["val_top1"] >= 0
+
+
+def test_train_step_loss_holds_the_ens_kd_term_of_the_teacher(splits, tmp_path):
+    """loss = CE(z_S, y) + kd_ratio H(softmax(z_T), z_S), z_T the teacher's DESC-weighted exits."""
+    net = _supernet((False, False, True))
+    teacher = train_module.build_teacher(net, splits, OPTIONS, torch.device("cpu"))
+    options = replace(OPTIONS, kd_ratio=0.7, label_smoothing=0.0)
+    trainer = _trainer(net, splits, tmp_path, {"name": "exit", "exits": "all", "epochs": 1, "lr": 0.05},
+                       options, teacher)
+    x, y = _batch(splits)
+    arch = trainer.step_archs(0, 16)
+    net.set_active(arch[0])
+    net.set_dropout(0.0)
+    net.train()
+    with torch.no_grad():
+        z_s = net(x)
+        z_t = sum(b * z for b, z in zip(aep_weights("desc", 5)[1], teacher(x)))
+        expected = (torch.nn.functional.cross_entropy(z_s, y) + 0.7 * kd_loss(z_s, z_t)).item()
+    assert trainer.train_step(x, y, arch) == pytest.approx(expected, rel=1e-5)
+
+
+def test_lr_follows_the_warm_up_and_cosine_schedule(splits, tmp_path, monkeypatch):
+    """Linear warm-up from lr / W to the peak over W steps, then cosine to 0 over the phase's
+    T steps; the phase lr is for `reference_batch` and scales with the batch."""
+    seen = []
+    original = PhaseTrainer.train_step
+
+    def spy(self, x, y, archs):
+        seen.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, x, y, archs)
+    monkeypatch.setattr(PhaseTrainer, "train_step", spy)
+    net = _supernet()
+    options = replace(OPTIONS, batch_size=4, reference_batch=8, val_every=100)
+    train_supernet(net, _phases(net, [{"name": "kernel", "kernels": "all", "epochs": 3, "warmup_epochs": 1,
+                                       "lr": 0.2}]), splits, tmp_path, options)
+    peak, w, t = 0.2 * 4 / 8, 4, 12   # 16 images / batch 4 = 4 steps per epoch
+    assert len(seen) == w + t
+    assert seen[:w] == pytest.approx([peak / w + i * (peak - peak / w) / w for i in range(w)])
+    assert seen[w] == pytest.approx(peak)
+    assert seen[w:] == pytest.approx([peak / 2 * (1 + math.cos(math.pi * i / t)) for i in range(t)])
+    assert seen[-1] < 0.02 * peak
+
+
+def test_every_eps_phase_lowers_its_own_loss(splits, tmp_path, monkeypatch):
+    """Each phase's training objective (CE + ENS-KD from its teacher, AEP over all exits in AEP
+    phases), averaged over its validation grid's subnets on a fixed batch, is lower after the
+    phase than before it: every phase of a DP-EE supernet, not only the full one, learns."""
+    x = torch.stack([splits.train[(i, 16)][0] for i in range(len(splits.train))])
+    y = torch.tensor([splits.train[i][1] for i in range(len(splits.train))])
+
+    def objective(trainer):
+        net, phase = trainer.supernet, trainer.phase
+        net.set_dropout(0.0)
+        net.train()
+        z_t = None if trainer.teacher is None else teacher_logits(trainer.teacher, x, aep_weights("desc", 5)[1])
+        losses = []
+        with torch.no_grad():
+            for arch in validation_grid(phase.space, 8):
+                net.set_active(arch, "all" if phase.aep else None)
+                losses.append(trainer._loss(net(x), y, z_t, aep_weights("desc", len(net.active_exits))[0]).item())
+        return sum(losses) / len(losses)
+
+    change = {}
+    original = PhaseTrainer.run
+
+    def measured(self, until=None):
+        before = objective(self)
+        result = original(self, until)
+        change[self.phase.name] = (before, objective(self))
+        return result
+    monkeypatch.setattr(PhaseTrainer, "run", measured)
+    net = _supernet((True, True, True))
+    table = _table(epochs=2)
+    for row in table:
+        row.update(dropout=0.0, lr=0.03)
+    phases = _phases(net, table)
+    options = TrainOptions(batch_size=16, reference_batch=16, val_settings=2, eval_batch_size=8,
+                           label_smoothing=0.0)
+    train_supernet(net, phases, splits, tmp_path, options)
+    assert list(change) == [p.name for p in phases]
+    assert all(after < before for before, after in change.values()), change
+
+
 # -- resume --------------------------------------------------------------------------------------
 class _Kill(Exception):
     pass
 
 
-@pytest.mark.parametrize("kill_after", [1, 7])
-def test_resume_after_a_kill_equals_an_uninterrupted_run(kill_after, splits, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kill_after, workers", [(1, 0), (7, 0), (7, 2)])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(kill_after, workers, splits, tmp_path, monkeypatch):
+    """Killed in the kernel phase's second epoch, after its loader workers started (`workers`)."""
     table = [{"name": "full", "epochs": 2, "lr": 0.05, "aep": True},
              {"name": "kernel", "kernels": "all", "epochs": 2, "warmup_epochs": 1, "lr": 0.03},
              {"name": "depth", "depths": "all", "epochs": 1, "lr": 0.01, "subnets_per_step": 2}]
     variant = (True, False, True)
+    options = replace(OPTIONS, num_workers=workers)
     reference = _supernet(variant, resolutions=(12, 16))
-    train_supernet(reference, _phases(reference, table), splits, tmp_path / "a", OPTIONS)
+    train_supernet(reference, _phases(reference, table), splits, tmp_path / "a", options)
 
     steps = []
     original = PhaseTrainer.train_step
@@ -277,10 +416,10 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(kill_after, splits, tmp
     monkeypatch.setattr(PhaseTrainer, "train_step", dying)
     killed = _supernet(variant, resolutions=(12, 16))
     with pytest.raises(_Kill):
-        train_supernet(killed, _phases(killed, table), splits, tmp_path / "b", OPTIONS)
+        train_supernet(killed, _phases(killed, table), splits, tmp_path / "b", options)
     monkeypatch.setattr(PhaseTrainer, "train_step", original)
     resumed = _supernet(variant, resolutions=(12, 16))
-    train_supernet(resumed, _phases(resumed, table), splits, tmp_path / "b", OPTIONS)
+    train_supernet(resumed, _phases(resumed, table), splits, tmp_path / "b", options)
 
     a, b = reference.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -318,6 +457,25 @@ def test_teacher_is_the_frozen_max_network_of_the_previous_best_checkpoint(split
     with torch.no_grad():
         for a, b in zip(teacher(x), previous(x)):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_teacher_at_each_resolution_is_the_max_network_recalibrated_at_that_resolution(splits):
+    resolutions = (12, 16, 20)
+    net = _supernet((True, True, True), resolutions=resolutions)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)   # away from the initial weights, so statistics matter
+    teacher = train_module.build_teacher(net, splits, OPTIONS, torch.device("cpu"))
+    for r in (20, 12, 16, 20):   # out of order: the statistics follow the input, not the last call
+        reference = net.extract(net.space.max_arch(), "all")
+        x = torch.stack([splits.calibration[(i, r)][0] for i in range(len(splits.calibration))])
+        recalibrate_bn(reference, [(x, None)])
+        reference.eval()
+        with torch.no_grad():
+            for a, b in zip(teacher(x), reference(x)):
+                assert torch.allclose(a, b, atol=1e-5), r
+    with pytest.raises(ValueError, match="calibrated at \\[12, 16, 20\\] px, not at 24 px"):
+        teacher(torch.zeros(1, 3, 24, 24))
 
 
 # -- channel sorting -----------------------------------------------------------------------------
