@@ -1,12 +1,14 @@
 """Supernet adaptation between search iterations: train the subnets the search is heading for.
 
-A categorical distribution per gene is fitted on the top half of the archive (by validation
-top-1); each step samples subnets from it (repaired to canonical form), with ENS-KD from the
-warm-up supernet's max network. One adaptation phase spans all iterations (its cosine schedule
-covers epochs x iterations); iteration k trains its epochs up to k x epochs.
+A categorical distribution per gene is fitted on the better half of the archive (by the
+archive's own survival over its objectives); each step samples subnets from it (repaired to
+canonical form), with ENS-KD from the warm-up supernet's max network. One adaptation phase spans
+all iterations (its cosine schedule covers epochs x iterations); iteration k trains its epochs up
+to k x epochs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from supernets.distributed import Dist
 from supernets.phases import Phase
 from supernets.train import PhaseTrainer, TrainOptions
 
-from .archive import Record
+from .archive import Archive, Record, objective_matrix, survive
 from .space import SearchSpace
 
 ADAPT_PHASE_INDEX = 100  # seeds the adaptation's data order and sampling apart from the training phases
@@ -36,10 +38,12 @@ def gene_distribution(space: SearchSpace, X: np.ndarray, smoothing: float = 0.0)
     return probs
 
 
-def top_half(records: list[Record]) -> np.ndarray:
-    """Encodings of the better half of the records by validation top-1 (at least one)."""
-    order = sorted(records, key=lambda r: -r["top1"])
-    return np.array([r["encoding"] for r in order[:max(1, len(order) // 2)]], dtype=np.int64)
+def better_half(records: list[Record], objectives: Sequence[str]) -> np.ndarray:
+    """Encodings of the half of the records (at least one) that the archive's survival keeps over
+    its objectives: the search's notion of better, so the cheap end of the front is trained too
+    (top-1 alone picks the expensive half)."""
+    kept = survive(objective_matrix(records, objectives), max(1, len(records) // 2))
+    return np.array([records[i]["encoding"] for i in kept], dtype=np.int64)
 
 
 class ArchiveSampler:
@@ -62,11 +66,11 @@ class ArchiveSampler:
 
 
 def adapt(supernets: dict[float, Supernet], teachers: dict[float, nn.Module | None], space: SearchSpace,
-          records: list[Record], splits: Splits, options: TrainOptions, settings: dict[str, Any], iteration: int,
+          archive: Archive, splits: Splits, options: TrainOptions, settings: dict[str, Any], iteration: int,
           iterations: int, out_dir: Path, ctx: Dist = Dist()) -> None:
     """Train every width's supernet for iteration `iteration` (1-based) of the adaptation phase."""
     epochs = settings["epochs"]
-    probs = gene_distribution(space, top_half(records), settings["smoothing"])
+    probs = gene_distribution(space, better_half(archive.records, archive.objectives), settings["smoothing"])
     options = replace(options, val_every=epochs * iterations, val_settings=2)
     for width, supernet in supernets.items():
         phase = Phase(name="adapt", space=supernet.space, epochs=epochs * iterations, lr=settings["lr"],

@@ -103,10 +103,10 @@ def _finite(values: dict[str, float]) -> dict[str, float | None]:
 
 
 class Search:
-    """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, records)`."""
+    """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, archive)`."""
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, n_classes: int,
-                 out: Path, adapt: Callable[[int, list[Record]], None] | None = None, is_main: bool = True) -> None:
+                 out: Path, adapt: Callable[[int, Archive], None] | None = None, is_main: bool = True) -> None:
         self.space, self.evaluator, self.settings, self.n_classes = space, evaluator, settings, n_classes
         self.out, self.adapt, self.is_main = out, adapt, is_main
         self.objectives = settings.objectives
@@ -182,7 +182,7 @@ class Search:
         archive.shrink(seed)
         if self.adapt is not None:
             t = time.time()
-            self.adapt(k, archive.records)
+            self.adapt(k, archive)
             times["adapt"] = time.time() - t
             t = time.time()
             again = self.evaluator.evaluate(archive.X, k, folder / "reevaluated.jsonl", f"iteration {k} re-evaluation")
