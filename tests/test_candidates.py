@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 from test_archive import N_CLASSES, SPACES, FakePredictor, evaluator
@@ -123,3 +125,26 @@ def test_select_subset_is_deterministic_and_exact():
     a, b = select_subset(cands, front, 25, seed=5), select_subset(cands, front, 25, seed=5)
     assert np.array_equal(a, b) and len(set(a.tolist())) == 25
     assert select_subset(cands[:20], front, 25, seed=0).tolist() == list(range(20))
+
+
+def cover(cands: np.ndarray, front: np.ndarray, chosen: tuple[int, ...]) -> tuple[float, float]:
+    """(largest gap on the worst axis, sum of squared gaps over the axes) of the sorted front and
+    chosen values, normalised by the range of all candidates and the front on each axis."""
+    both = np.concatenate([cands, front])
+    values = (np.concatenate([front, cands[list(chosen)]]) - both.min(0)) / np.ptp(both, axis=0)
+    gaps = np.diff(np.sort(values, axis=0), axis=0)
+    return float(gaps.max()), float((gaps ** 2).sum())
+
+
+@pytest.mark.parametrize("case", ["a gap no candidate can close", "random costs"])
+def test_select_subset_finds_the_brute_force_optimum(case):
+    if case == "a gap no candidate can close":  # 0.5 .. 1: every subset ties on the largest gap
+        front, cands = np.array([[0.0], [0.1], [0.5], [1.0]]), np.random.default_rng(0).uniform(0, 0.5, (16, 1))
+    else:
+        rng = np.random.default_rng(5)
+        cands, front = rng.random((16, 2)), rng.random((6, 2))
+    scores = {chosen: cover(cands, front, chosen) for chosen in itertools.combinations(range(16), 3)}
+    best = min(scores, key=scores.get)
+    assert sorted(scores.values())[1] > scores[best]  # the optimum is unique
+    for seed in (0, 1):
+        assert tuple(select_subset(cands, front, 3, seed=seed).tolist()) == best
