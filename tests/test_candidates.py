@@ -5,7 +5,7 @@ import pytest
 from test_archive import N_CLASSES, SPACES, FakePredictor, evaluator
 
 import nat2.candidates as candidates
-from nat2.archive import initial_archive
+from nat2.archive import hypervolume, initial_archive, reference_point
 from nat2.candidates import EncodingRepair, SurrogateProblem, choose_candidates, generate, select_subset
 
 OBJECTIVES = [("acc", "params", "macs"), ("acc", "macs"), ("acc",)]
@@ -78,6 +78,30 @@ def test_generate_is_deterministic_with_a_seed():
     (X1, F1), (X2, F2), (X3, _) = run(0), run(0), run(1)
     assert np.array_equal(X1, X2) and np.array_equal(F1, F2)
     assert not np.array_equal(X1, X3)
+
+
+class LinearPredictor:
+    """Error linear in the genes, 80 % for the smallest genes down to 20 % for the largest: every
+    step towards lower error costs parameters, so the front is a real trade-off."""
+
+    def __init__(self, space) -> None:
+        self.space, self.w = space, np.random.default_rng(1).uniform(0.5, 1.5, space.n_var)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        share = (np.asarray(X) - self.space.xl) @ self.w / ((self.space.xu - self.space.xl) @ self.w)
+        return 80.0 - 60.0 * share
+
+
+def test_nsga2_improves_the_predicted_front_over_its_initial_population(problems):
+    space, objectives = SPACES["parallel-ee"], ("acc", "params")
+    _, F = generate(space, LinearPredictor(space), archive_of("parallel-ee", objectives), objectives, N_CLASSES,
+                    pop_size=40, n_gen=10, seed=0)
+    (problem,) = problems
+    initial = {}
+    problem._evaluate(problem.evaluated[0], initial)  # the first batch scored: the initial population
+    assert len(initial["F"]) == 40
+    ref, ideal = reference_point(initial["F"])  # fixed by the start, as the search fixes it
+    assert hypervolume(F, ref, ideal) > hypervolume(initial["F"], ref, ideal) + 0.1
 
 
 @pytest.mark.parametrize("objectives", OBJECTIVES[:2])
