@@ -27,6 +27,7 @@ from .space import SearchSpace
 
 SUBSET_POP_SIZE = 100
 SUBSET_N_GEN = 60
+GAP_RESOLUTION = 1e-6  # largest gaps closer than this (as a fraction of an axis's range) count as equal
 
 
 class Predictor(Protocol):
@@ -106,8 +107,13 @@ class ExactCountRepair(Repair):
 
 
 class SubsetProblem(Problem):
-    """Bit string over the candidates -> largest normalised gap in the sorted union of the front's
-    and the chosen candidates' cost values, worst cost axis (NSGANetV2's subset selection)."""
+    """Bit string over the candidates -> how unevenly the front and the chosen candidates cover
+    the cost axes (values normalised per axis): the largest gap in their sorted union on the
+    worst axis (NSGANetV2's subset selection), ties broken by the sum of squared gaps over all
+    axes (small when the gaps are even; NSGANetV2 minimises their spread). The largest gap alone
+    is flat: every subset that cannot close the front's widest gap ties, so the GA's answer was
+    any of them. One scalar orders both: the largest gap in units of GAP_RESOLUTION, rounded,
+    plus half the squared gaps' mean over axes (at most 1/2)."""
 
     def __init__(self, candidate_costs: np.ndarray, front_costs: np.ndarray) -> None:
         super().__init__(n_var=len(candidate_costs), n_obj=1, xl=0, xu=1, vtype=bool)
@@ -118,14 +124,16 @@ class SubsetProblem(Problem):
 
     def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         X = np.asarray(X, dtype=bool)
-        worst = np.zeros(len(X))
-        for axis in range(self.candidates.shape[1]):
+        worst, squares = np.zeros(len(X)), np.zeros(len(X))
+        n_axes = self.candidates.shape[1]
+        for axis in range(n_axes):
             chosen = np.where(X, self.candidates[None, :, axis], np.nan)
             front = np.broadcast_to(self.front[None, :, axis], (len(X), len(self.front)))
             values = np.sort(np.concatenate([front, chosen], axis=1), axis=1)  # NaN (not chosen) sort last
             gaps = np.nan_to_num(np.diff(values, axis=1), nan=0.0)
             worst = np.maximum(worst, gaps.max(axis=1, initial=0.0))
-        out["F"] = worst[:, None]
+            squares += (gaps ** 2).sum(axis=1)
+        out["F"] = (np.round(worst / GAP_RESOLUTION) + squares / n_axes / 2)[:, None]
 
 
 def select_subset(candidate_costs: np.ndarray, front_costs: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -20,6 +20,9 @@ DEFAULTS: dict[str, Any] = {
     # The NAT2 search (spec/nat2-search.md sections 2-5); `supernet` defaults to this run's
     # train-supernet result: supernet/w<width>/<last phase>/best.pt. `warm_start`: a JSON list of
     # encodings (e.g. tfsearch/warm_start.json) evaluated in the initial archive sample.
+    # `adapt.smoothing`: pseudo-counts per value of every factor of the distribution adaptation
+    # samples from (the exit, a stage's depth given the exit, a block's choice), fitted on the
+    # archive's better half by survival; > 0 keeps values that half lacks reachable.
     "search": {
         "objectives": ["acc", "params"], "supernet": None, "archive_size": 300, "multiplier": 10,
         "iterations": 30, "candidates": 25, "population": 100, "generations": 20, "predictor": "lgb",

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pymoo.mcdm.high_tradeoff import HighTradeoffPoints
+from pymoo.core.decision_making import NeighborFinder, find_outliers_upper_tail
 
 from predictors import PREDICTORS, AdaptivePredictor, KFoldEnsemble, correlation_report, make_predictor
 
@@ -97,16 +98,41 @@ def build_predictor(name: str, seed: int) -> Any:
     return make_predictor(name, random_state=seed)
 
 
+def tradeoffs(F: np.ndarray) -> np.ndarray:
+    """The trade-off value of every point of a normalised front, as pymoo 0.6.2's
+    HighTradeoffPoints computes it and then keeps to itself: the least sacrifice per unit of gain
+    in moving to any neighbour within 0.125 (at least 2 x objectives neighbours)."""
+    finder = NeighborFinder(F, epsilon=0.125, n_min_neigbors="auto", consider_2d=False)
+    mu = np.full(len(F), -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a point with only duplicate neighbours: NaN
+        for i in range(len(F)):
+            diff = F[finder.find(i)] - F[i]
+            mu[i] = np.nanmin(np.maximum(0, diff).sum(axis=1) / np.maximum(0, -diff).sum(axis=1))
+    return mu
+
+
+def high_tradeoff_points(F: np.ndarray) -> np.ndarray:
+    """pymoo's high trade-off points (the upper-tail outliers of `tradeoffs`), highest trade-off
+    first: HighTradeoffPoints returns them in index order, which says nothing about their value."""
+    mu = tradeoffs(F)
+    if not np.isfinite(mu).any():
+        return np.empty(0, dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all trade-offs equal: no outliers
+        found = find_outliers_upper_tail(mu)
+    return np.empty(0, dtype=np.int64) if found is None else found[np.argsort(-mu[found], kind="stable")]
+
+
 def _finite(values: dict[str, float]) -> dict[str, float | None]:
     """NaN (a constant prediction has no rank correlation) as JSON null."""
     return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in values.items()}
 
 
 class Search:
-    """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, records)`."""
+    """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, archive)`."""
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, n_classes: int,
-                 out: Path, adapt: Callable[[int, list[Record]], None] | None = None, is_main: bool = True) -> None:
+                 out: Path, adapt: Callable[[int, Archive], None] | None = None, is_main: bool = True) -> None:
         self.space, self.evaluator, self.settings, self.n_classes = space, evaluator, settings, n_classes
         self.out, self.adapt, self.is_main = out, adapt, is_main
         self.objectives = settings.objectives
@@ -182,7 +208,7 @@ class Search:
         archive.shrink(seed)
         if self.adapt is not None:
             t = time.time()
-            self.adapt(k, archive.records)
+            self.adapt(k, archive)
             times["adapt"] = time.time() - t
             t = time.time()
             again = self.evaluator.evaluate(archive.X, k, folder / "reevaluated.jsonl", f"iteration {k} re-evaluation")
@@ -209,16 +235,16 @@ class Search:
         return self.final(archive)
 
     def knees(self, front: Sequence[Record]) -> list[int]:
-        """Up to `knees` high trade-off members of the front (pymoo), filled up with members
-        evenly spread along the first cost when pymoo finds fewer."""
+        """Up to `knees` members of the front with the highest trade-offs among pymoo's high
+        trade-off points, filled up with members evenly spread along the last cost when pymoo
+        finds fewer."""
         n = min(self.settings.knees, len(front))
         if n == 0:
             return []
         F = np.array([[100.0 - r["top1"]] + [r[o] for o in self.objectives if o != "acc"] for r in front])
         span = F.max(0) - F.min(0)
         F = (F - F.min(0)) / np.where(span > 0, span, 1.0)
-        found = HighTradeoffPoints().do(F) if len(front) > 2 and F.shape[1] > 1 else None
-        chosen = [] if found is None else list(np.atleast_1d(found))[:n]
+        chosen = [int(i) for i in high_tradeoff_points(F)[:n]] if len(front) > 2 and F.shape[1] > 1 else []
         order = np.argsort(F[:, -1], kind="stable")
         for i in order[np.linspace(0, len(order) - 1, n).round().astype(int)]:
             if len(chosen) < n and i not in chosen:

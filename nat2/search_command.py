@@ -13,6 +13,7 @@ from supernets.phases import parse_phases
 from supernets.train import build_teacher
 
 from .adapt import adapt
+from .archive import Archive
 from .config import ConfigError
 from .evaluate import Evaluator
 from .factory import build_supernets
@@ -105,8 +106,8 @@ def cmd_search(config: dict[str, Any], args: argparse.Namespace) -> None:
                           calibration_batch=options.calibration_batch, num_workers=options.num_workers)
     adapt_settings = config["search"]["adapt"]
 
-    def adapt_fn(k: int, records: list[dict[str, Any]]) -> None:
-        adapt(supernets, teachers, space, records, splits, options, adapt_settings, k, settings.iterations,
+    def adapt_fn(k: int, archive: Archive) -> None:
+        adapt(supernets, teachers, space, archive, splits, options, adapt_settings, k, settings.iterations,
               adapt_dir(run_dir), ctx)
     rows = Search(space, evaluator, settings, splits.n_classes, run_dir / "search",
                   adapt_fn if adapt_settings["epochs"] > 0 else None, ctx.is_main).run()

@@ -70,6 +70,45 @@ def test_initial_archive_is_deterministic():
     assert np.array_equal(a.X, b.X)
 
 
+def crowding_distance(F: np.ndarray) -> np.ndarray:
+    """NSGA-II's crowding distance, written out: per objective, the normalised distance between a
+    member's two neighbours in sorted order; the ends of every objective are infinitely far."""
+    distance = np.zeros(len(F))
+    for column in F.T:
+        order = np.argsort(column, kind="stable")
+        distance[order[[0, -1]]] = np.inf
+        distance[order[1:-1]] += (column[order[2:]] - column[order[:-2]]) / np.ptp(column)
+    return distance
+
+
+def nsga2_best(F: np.ndarray, n: int) -> set[int]:
+    """The n best rows by non-dominated rank, then crowding distance in the front that is cut."""
+    kept: list[int] = []
+    for front in NonDominatedSorting().do(F):
+        need = n - len(kept)
+        if len(front) > need:
+            distance = crowding_distance(F[front])
+            order = np.argsort(-distance, kind="stable")
+            assert distance[order[need - 1]] > distance[order[need]]  # no tie decides the cut
+            front = front[order[:need]]
+        kept += front.tolist()
+        if len(kept) == n:
+            return set(kept)
+
+
+def test_initial_archive_keeps_the_nsga2_best_of_the_sample_plus_min_and_max():
+    space, calls = SPACES["narrow"], []
+    archive = initial_archive(space, evaluator(space, calls), 30, 4, ("acc", "params"), seed=3)
+    (X,) = calls
+    records = evaluator(space)(X)
+    extremes = {tuple(space.min_encoding), tuple(space.max_encoding)}
+    rest = [r for r in records if tuple(r["encoding"]) not in extremes]
+    best = nsga2_best(objective_matrix(rest, ("acc", "params")), 28)
+    expected = {tuple(rest[i]["encoding"]) for i in best} | extremes
+    assert {tuple(r["encoding"]) for r in archive.records} == expected
+    assert len(rest) == len(records) - 2
+
+
 @pytest.mark.parametrize("n_obj", [1, 2, 3])
 def test_survival_keeps_every_front_member_when_the_front_fits(n_obj):
     rng = np.random.default_rng(n_obj)

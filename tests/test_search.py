@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pymoo.mcdm.high_tradeoff import HighTradeoffPoints
 
 import nat2.stage as stage
 from nat2.cli import main
 from nat2.evaluate import Evaluator
-from nat2.search import Search
+from nat2.search import Search, SearchSettings, high_tradeoff_points, tradeoffs
 from supernets.train import PhaseTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +172,36 @@ def test_torchrun_shards_evaluation_over_two_ranks(trained, reference, tmp_path)
     assert ours == json.loads((reference / "iter_0" / "archive.json").read_text())
     assert (tmp_path / "run" / "search" / "iter_1" / "archive.json").is_file()
     assert (tmp_path / "run" / "search" / "final.json").is_file()
+
+
+def bumped_front() -> list[dict]:
+    """61 members on a straight error-for-params line (index = cost order), four of them pushed
+    towards the ideal point, deeper at higher cost: the deeper the bump, the higher its trade-off."""
+    cost, error = np.linspace(0, 1, 61), 1 - np.linspace(0, 1, 61)
+    error[[12, 24, 36, 48]] -= [0.05, 0.06, 0.07, 0.08]
+    return [dict(encoding=[i], top1=100 - 10 * e, params=1e6 * (1 + c), macs=2e6 * (1 + c), iteration=0)
+            for i, (e, c) in enumerate(zip(error, cost))]
+
+
+@pytest.mark.parametrize("n, knees", [(1, [48]), (2, [36, 48]), (3, [24, 36, 48])])
+def test_knees_are_the_highest_tradeoff_points(tmp_path, n, knees):
+    search = Search(None, None, SearchSettings(knees=n), 10, tmp_path)
+    assert search.knees(bumped_front()) == knees
+
+
+def test_knees_fill_up_along_the_cost_when_pymoo_finds_too_few(tmp_path):
+    front = [dict(r, top1=100 - 10 * (1 - i / 60) + (0.8 if i == 48 else 0)) for i, r in enumerate(bumped_front())]
+    assert Search(None, None, SearchSettings(knees=3), 10, tmp_path).knees(front) == [0, 30, 48]
+
+
+@pytest.mark.parametrize("n_obj", [2, 3])
+def test_high_tradeoff_points_are_pymoos_ordered_by_tradeoff(n_obj):
+    rng, found_some = np.random.default_rng(n_obj), False
+    for _ in range(10):
+        F = rng.dirichlet(np.ones(n_obj), 40) ** rng.uniform(0.3, 3)  # fronts of varied curvature
+        F = (F - F.min(0)) / np.ptp(F, axis=0)
+        ours, theirs = high_tradeoff_points(F), HighTradeoffPoints().do(F)
+        assert set(ours.tolist()) == (set() if theirs is None else set(np.atleast_1d(theirs).tolist()))
+        assert np.all(np.diff(tradeoffs(F)[ours]) <= 0)
+        found_some |= len(ours) > 1
+    assert found_some
