@@ -23,9 +23,9 @@ RB-IFA, one generation (brightness = rank score over the current pool, lower is 
      champion cannot block progress by holding a low rank against weak early competition.
 The result is the archive of bests; its best at Wp is the argmin of the rank score over it.
 
-PF-IFA replaces the rank score by the non-dominated front index (dominance-degree sort), keeps
-the non-dominated set of everything the population held, grows the population to the front's
-size and runs the genetic iteration when the front has not grown for `max_chances` generations.
+PF-IFA (the paper's Algorithm 1) replaces the rank score by the non-dominated front index within
+the current population (dominance-degree sort), grows the population with the largest front seen
+and runs the genetic iteration after `max_chances` generations in which the front did not grow.
 
 Both are seeded and resumable: after initialisation and after every generation the state
 (population, champion / front, archive of bests, generation, counters, RNG state, metric cache)
@@ -224,7 +224,7 @@ class MetricCache:
 @dataclass
 class IFAResult:
     """RB-IFA: `X` is the archive of bests in the order found and `best` the brightest of it at
-    wp; PF-IFA: `X` is the final non-dominated set and `best` None. `perf` / `eff` are X's metrics."""
+    wp; PF-IFA: `X` is the last front of the population and `best` None. `perf` / `eff` are X's metrics."""
 
     X: np.ndarray
     perf: np.ndarray
@@ -396,10 +396,21 @@ def _objectives(cache: MetricCache, X: np.ndarray) -> np.ndarray:
 def pf_ifa(space: SearchSpace, metrics: Metrics | MetricCache, settings: IFASettings = IFASettings(),
            state_path: str | Path | None = None, *, stop: Callable[[], bool] | None = None,
            on_generation: Callable[[dict[str, Any]], None] | None = None) -> IFAResult:
-    """Pareto-front IFA (paper Algorithm 1) on all perf and eff columns; brightness is the front
-    index. The front is the non-dominated set of everything the population held; when it grows
-    past its largest size so far the population grows to hold it and the chances are restored,
-    else one chance is spent; with none left, a genetic iteration replaces the population."""
+    """Pareto-front IFA, the paper's Algorithm 1, on all perf and eff columns.
+
+    Brightness is the non-dominated front index within the current population. After each firefly
+    iteration the front is the current population's non-dominated set. When it outnumbers the
+    largest front so far (0 at the start), that size is kept and the population grows to
+    `population` + that size with random newcomers; otherwise one chance is spent. Growth does not
+    restore chances: the genetic iteration replaces the population (same size) when none is left,
+    and only then are they restored. The result is the last front computed, as the paper's
+    candidates list (a genetic iteration in the last generation does not replace it).
+
+    Why `population` + front size: Algorithm 1 sets the population size from the front's size, and
+    the front of the current population never outnumbers it, so the size alone could only shrink
+    the population; keeping `population` members beyond the largest front is the reading under
+    which the population grows with the front and the front has room to keep growing.
+    """
     cache = metrics if isinstance(metrics, MetricCache) else MetricCache(metrics)
     path = Path(state_path) if state_path is not None else None
     identity = _identity("pfifa", None, settings, space)
@@ -414,7 +425,7 @@ def pf_ifa(space: SearchSpace, metrics: Metrics | MetricCache, settings: IFASett
     if state is None:
         X = space.sample(rng, settings.population)
         front = front_of(X)
-        front_size, chances, generation, history = len(front), settings.max_chances, 0, []
+        front_size, chances, generation, history = 0, settings.max_chances, 0, []
     else:
         cache.load(state["cache"])
         rng.bit_generator.state = state["rng"]
@@ -439,13 +450,10 @@ def pf_ifa(space: SearchSpace, metrics: Metrics | MetricCache, settings: IFASett
         joint = front_index(_objectives(cache, np.vstack([X, moved])))
         accept = joint[n:] <= joint[:n]
         X = np.where(accept[:, None], moved, X)
-        front = front_of(np.vstack([front, X]))
+        front = front_of(X)
         if len(front) > front_size:
-            front_size, chances = len(front), settings.max_chances
-            missing = [f for f in front if not (X == f).all(axis=1).any()]
-            grow = max(settings.population, front_size) - n
-            if grow > 0 and missing:
-                X = np.vstack([X, np.array(missing[:grow], dtype=np.int64)])
+            front_size = len(front)
+            X = np.vstack([X, space.sample(rng, settings.population + front_size - len(X))])
         else:
             chances -= 1
         genetic = chances == 0
@@ -454,7 +462,7 @@ def pf_ifa(space: SearchSpace, metrics: Metrics | MetricCache, settings: IFASett
             chances = settings.max_chances
         generation += 1
         history.append({"generation": generation, "evaluated": len(cache), "accepted": int(accept.sum()),
-                        "front_size": len(front), "population": len(X), "genetic": genetic,
+                        "front_size": len(front), "population": len(X), "chances": chances, "genetic": genetic,
                         "seconds": time.perf_counter() - t0})
         save()
         if on_generation is not None:

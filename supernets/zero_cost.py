@@ -1,9 +1,10 @@
 """Training-free scores of a network: intra-cluster distance (ICD) and Synflow.
 
-Both are computed on the network as given (inherited or freshly initialised weights) and leave
-it untouched: ICD runs in eval mode without gradients and restores the mode; Synflow works on a
-deep copy. Higher is better for both. Candidates are only comparable when scored with the same
-image batch, batch size, initialisation scheme and seeds (the caller fixes those).
+Both are computed on the static network as given (inherited or freshly initialised weights; a
+dynamic Supernet is refused: extract the subnet first) and leave it untouched: ICD runs in eval
+mode without gradients and restores the mode; Synflow works on a deep copy. Higher is better for
+both. Candidates are only comparable when scored with the same image batch, batch size,
+initialisation scheme and seeds (the caller fixes those).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from .supernet import Supernet
 
 # Activations whose output is > 0 exactly where their input is > 0, so the binary code of the
 # output is the linear-region code of the pre-activation (ReLU, h-swish, SiLU, GELU, ...).
@@ -34,6 +37,14 @@ def activation_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, SIGN_PRESERVING)]
 
 
+def _refuse_dynamic(model: nn.Module) -> None:
+    """A Supernet's elastic blocks compute their activations functionally, out of the hooks' sight
+    (4 of the 32 activation modules of a plain supernet run), so its ICD would be silently wrong."""
+    if any(isinstance(m, Supernet) for m in model.modules()):
+        raise TypeError("icd: the model is (or holds) a dynamic Supernet, whose elastic blocks hide their "
+                        "activations from the hooks; score the static subnet: supernet.extract(arch)")
+
+
 @torch.no_grad()
 def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | None = None) -> float:
     """Intra-cluster distance of the binary activation codes of `images` (N >= 2, on the model's device).
@@ -42,7 +53,11 @@ def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | No
     the mean code over the batch, and the layer adds |c_i - centroid|^2 to sample i. The score
     is the mean over samples of the square root of the per-sample sum. A layer called several
     times in one forward counts once per call. Eval mode, no gradients; mode and hooks restored.
+    Every hooked layer must run: one that does not means the network computes that activation
+    some other way (a dynamic module), and the score would silently miss it. A Supernet is
+    refused outright.
     """
+    _refuse_dynamic(model)
     if images.ndim < 2 or images.shape[0] < 2:
         raise ValueError(f"icd needs a batch of at least 2 images; got a tensor of shape {tuple(images.shape)}")
     layers = activation_layers(model) if layers is None else list(layers)
@@ -51,7 +66,7 @@ def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | No
                          "pass `layers` explicitly")
     n = images.shape[0]
     total = torch.zeros(n, dtype=torch.float64, device=images.device)
-    calls = [0]
+    seen: set[int] = set()
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if not isinstance(output, torch.Tensor) or output.shape[0] != n:
@@ -60,7 +75,7 @@ def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | No
                              f"with the batch of {n} images first")
         codes = (output > 0).flatten(1).to(torch.float64)
         total.add_(((codes - codes.mean(0)) ** 2).sum(1).to(total.device))
-        calls[0] += 1
+        seen.add(id(module))
 
     was_training = model.training
     handles = [layer.register_forward_hook(hook) for layer in layers]
@@ -71,9 +86,20 @@ def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | No
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    if calls[0] == 0:
-        raise ValueError("icd: none of the hooked layers ran in the forward pass; pass layers the model uses")
+    _check_all_ran(model, layers, seen)
     return float(total.sqrt().mean())
+
+
+def _check_all_ran(model: nn.Module, layers: Sequence[nn.Module], seen: set[int]) -> None:
+    """Raise unless every hooked layer fired: the expected activations vs the hooks seen."""
+    missed = [layer for layer in dict.fromkeys(layers) if id(layer) not in seen]
+    if missed:
+        names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
+        shown = ", ".join(names.get(id(m), type(m).__name__) for m in missed[:3])
+        raise ValueError(f"icd: {len(missed)} of {len(dict.fromkeys(layers))} hooked layers did not run in the "
+                         f"forward pass ({shown}{', ...' if len(missed) > 3 else ''}); a module that computes "
+                         "its activations functionally hides them and ICD would be wrong: score a static "
+                         "network, or pass only `layers` the model runs")
 
 
 def _without_bn(model: nn.Module) -> nn.Module:

@@ -1,11 +1,13 @@
 """RB-IFA: eq. 6 by hand, dominance-degree fronts, canonical fireflies, resume == uninterrupted, the
 selector's directions, and the training-free search stage end to end on a tiny space."""
 import json
+import zlib
 
 import numpy as np
 import pytest
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
+from nat2 import rbifa
 from nat2.config import ConfigError, load_config
 from nat2.rbifa import (IFASettings, MetricCache, _genetic, _move, column_ranks, front_index, non_dominated,
                         parse_wps, pf_ifa, pseudo_front, rank_score, rb_ifa, rb_scores, rb_select, rbifa_settings,
@@ -140,6 +142,66 @@ def test_stagnation_triggers_the_genetic_iteration_and_rank_reset():
     result = rb_ifa(space, flat, 0.5, IFASettings(population=5, generations=6, max_chances=2))
     assert [h["genetic"] for h in result.history] == [False, True] * 3
     assert len(result.X) >= 2  # the reset champion joins the archive of bests
+
+
+def test_pf_ifa_genetic_iteration_when_the_front_stops_growing():
+    """A total order (one checksum for every metric): the front of any population is its single
+    best firefly. It grows once (from 0), and the population with it to population + 1; after
+    that every generation spends a chance and every max_chances-th runs the genetic iteration."""
+    space = SPACES["narrow"]
+
+    def one_best(X):
+        value = np.array([[zlib.crc32(x.tobytes())] for x in X], dtype=float)
+        return value, value
+
+    result = pf_ifa(space, one_best, IFASettings(population=5, generations=7, max_chances=2))
+    assert [h["genetic"] for h in result.history] == [False, False, True, False, True, False, True]
+    assert [(h["front_size"], h["population"]) for h in result.history] == [(1, 6)] * 7
+    assert len(result.X) == 1
+
+
+def test_pf_ifa_follows_algorithm_1(tmp_path, monkeypatch):
+    """Every generation: brightness is the front index within the current population, the front is
+    the non-dominated set of the population after the firefly iteration (nothing carried over from
+    earlier ones), the population is `population` + the largest front so far, and chances are
+    spent only when the front does not outgrow that largest size, never restored by growth, and
+    restored by the genetic iteration they trigger."""
+    space, s = SPACES["parallel-ee"], IFASettings(population=6, generations=12, max_chances=2, seed=3)
+    cache = MetricCache(cost_metrics(space))
+    path = tmp_path / "pf.json"
+    objectives = lambda X: np.hstack(cache(X))  # noqa: E731
+    moved, bred = [], []
+
+    def move(space_, X, bright, attractors, attractor_bright, *rest):
+        assert bright.tolist() == front_index(objectives(X)).tolist() and attractors is X
+        moved.append(len(X))
+        return real_move(space_, X, bright, attractors, attractor_bright, *rest)
+
+    def genetic(space_, pool, *rest):
+        bred.append(pool)
+        return real_genetic(space_, pool, *rest)
+
+    def check_front(entry):
+        state = json.loads(path.read_text())
+        population = bred[-1] if entry["genetic"] else np.array(state["X"])[:moved[-1]]
+        front = {tuple(x) for x in state["front"]}
+        assert front == {tuple(x) for x in population[front_index(objectives(population)) == 0]}
+
+    real_move, real_genetic = rbifa._move, rbifa._genetic
+    monkeypatch.setattr(rbifa, "_move", move)
+    monkeypatch.setattr(rbifa, "_genetic", genetic)
+    result = pf_ifa(space, cache, s, path, on_generation=check_front)
+    largest, chances, grew_without_chances = 0, s.max_chances, False
+    for entry in result.history:
+        if entry["front_size"] > largest:
+            largest, grew_without_chances = entry["front_size"], grew_without_chances or chances < s.max_chances
+        else:
+            chances -= 1
+        genetic = chances == 0
+        chances = s.max_chances if genetic else chances
+        assert (entry["genetic"], entry["population"], entry["chances"]) == (genetic, s.population + largest, chances)
+    assert grew_without_chances and len(bred) >= 2  # the run exercises both rules
+    assert {tuple(x) for x in result.X} == {tuple(x) for x in json.loads(path.read_text())["front"]}
 
 
 def test_metric_cache_scores_each_encoding_once_and_checks_shapes():

@@ -108,3 +108,35 @@ def test_training_free_metrics_are_repeatable():
     assert set(first) == {"icd", "synflow"} and first == training_free_metrics(net, x)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         training_free_metrics(net, x[0])
+
+
+def test_icd_refuses_a_dynamic_supernet():
+    """Its elastic blocks call functional activations the hooks never see: extract the subnet first."""
+    supernet = Supernet(10, 1.0, space=default_space(False, False, 1.0, (32,)))
+    x = torch.randn(2, 3, 32, 32)
+    for model in (supernet, nn.Sequential(supernet)):
+        with pytest.raises(TypeError, match=r"dynamic Supernet.*extract"):
+            icd(model, x)
+    subnet = supernet.extract(supernet.space.max_arch())
+    assert icd(subnet, x) > 0  # the static subnet runs every hooked activation
+
+
+class _FunctionalReLU(nn.Module):
+    """Holds a ReLU module but calls the functional one, as a dynamic block does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear, self.act = nn.Linear(4, 4), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.relu(self.linear(x))
+
+
+def test_icd_raises_when_an_expected_activation_is_not_seen():
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), _FunctionalReLU())
+    with pytest.raises(ValueError, match=r"1 of 2 hooked layers did not run .*2\.act"):
+        icd(net, torch.randn(5, 3))
+    assert all(not m._forward_hooks for m in net.modules())
+    toy = _toy()
+    with pytest.raises(ValueError, match="1 of 2 hooked layers did not run"):  # a layer the model never runs
+        icd(toy, torch.randn(3, 3, 5, 5), layers=[toy[2], nn.ReLU()])
