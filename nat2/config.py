@@ -56,7 +56,12 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.9, "nesterov": True, "weight_decay": 3.0e-5, "label_smoothing": 0.1, "grad_clip": None,
         "kd_ratio": 1.0, "kd_temperature": 1.0, "teacher_bn": "eval", "aep_scheme": "desc",
         "bf16": False, "seed": 0, "val_every": 1, "val_settings": 32,
+        # `bf16`: the forwards under bfloat16 autocast (CUDA or CPU), the losses in fp32.
         # Extended Progressive Shrinking (spec/training.md section 1); lr for a batch of 64.
+        # `aep: true` trains every exit with the AEP loss (DESC weights by default, the NAT2
+        # paper's choice for the max networks) and validates each grid setting through the
+        # beta-weighted ensemble of its exits; best.pt is the epoch with the best mean ensemble
+        # top-1, because that ensemble is exactly the signal the next phase's teacher gives (ENS-KD).
         "eps": [
             {"name": "full", "epochs": 180, "lr": 0.08, "dropout": 0.2, "aep": True},
             {"name": "kernel", "kernels": "all", "epochs": 120, "warmup_epochs": 5, "lr": 0.03},
