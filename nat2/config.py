@@ -61,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
         # `aep: true` trains every exit with the AEP loss (DESC weights by default, the NAT2
         # paper's choice for the max networks) and validates each grid setting through the
         # beta-weighted ensemble of its exits; best.pt is the epoch with the best mean ensemble
-        # top-1, because that ensemble is exactly the signal the next phase's teacher gives (ENS-KD).
+        # top-1 over the grid, the kind of signal the next phase's teacher (the max network's
+        # ensemble, ENS-KD) gives.
         "eps": [
             {"name": "full", "epochs": 180, "lr": 0.08, "dropout": 0.2, "aep": True},
             {"name": "kernel", "kernels": "all", "epochs": 120, "warmup_epochs": 5, "lr": 0.03},

@@ -5,8 +5,8 @@ builds its transform per resolution; `dataset[(i, r)]` lets a batch sampler pick
 resolution of each step, and `dataset[(i, r, seed)]` also the seed of the image's augmentation.
 Validation is held out of the official training set (the test split is touched only at the
 end), and the BN-calibration subset is drawn from the training split so that it never overlaps
-validation. Nothing is downloaded: a missing or malformed dataset
-raises `DatasetError` naming the path and the expected layout.
+validation. Nothing is downloaded: a missing or malformed dataset raises `DatasetError` naming
+the path and the expected layout.
 """
 from __future__ import annotations
 

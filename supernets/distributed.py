@@ -58,9 +58,15 @@ def all_reduce_sum(values: Sequence[float], ctx: Dist) -> list[float]:
     return t.tolist()
 
 
-def step_seed(*parts: int) -> np.random.SeedSequence:
-    """A seed derived from integers (run seed, phase, epoch, step): equal on every rank."""
-    return np.random.SeedSequence([int(p) for p in parts])
+# The streams of random numbers of training. SeedSequence pads its entropy with zeros, so
+# (seed, epoch) and (seed, epoch, 0) would be one stream: each stream ends with its own tag.
+SUBNETS, RESOLUTIONS, AUGMENTATION, DROPOUT, LOADER = 1, 2, 3, 4, 5
+
+
+def step_seed(stream: int, *parts: int) -> np.random.SeedSequence:
+    """The seed of `stream` (one of the tags above) for integers such as (run seed, phase, epoch,
+    step): equal on every rank unless a part is the rank."""
+    return np.random.SeedSequence([int(p) for p in parts] + [int(stream)])
 
 
 class ResolutionBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -97,10 +103,11 @@ class ResolutionBatchSampler(Sampler[list[tuple[int, int, int]]]):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
-        rng = np.random.default_rng(step_seed(self.seed, self.epoch))
+        rng = np.random.default_rng(step_seed(RESOLUTIONS, self.seed, self.epoch))
         resolutions = rng.choice(self.resolutions, size=len(self), p=self.weights)
         indices = list(self.sampler)
-        seeds = np.random.default_rng(step_seed(self.seed, self.epoch, self.rank)).integers(2 ** 62, size=len(indices))
+        rng = np.random.default_rng(step_seed(AUGMENTATION, self.seed, self.epoch, self.rank))
+        seeds = rng.integers(2 ** 32, size=len(indices))   # torch's CPU generator keeps 32 bits of a seed
         for b in range(len(self)):
             r = int(resolutions[b])
             batch = slice(b * self.batch_size, (b + 1) * self.batch_size)

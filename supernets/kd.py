@@ -11,7 +11,7 @@ import torch
 from timm.loss import SoftTargetCrossEntropy
 from torch import nn
 
-from .aep import ensemble_logits
+from .aep import as_exits, ensemble_logits
 from .bn import recalibrate_bn
 
 TEACHER_BN_MODES = ("eval", "train")
@@ -64,6 +64,7 @@ class ResolutionTeacher(nn.Module):
         self.train(False)
 
     def forward(self, x: torch.Tensor) -> Any:
+        """The teacher's output for square images `x`, with the statistics of their size."""
         r = x.shape[-1]
         if r != self.resolution:
             if r not in self.stats:
@@ -78,5 +79,6 @@ class ResolutionTeacher(nn.Module):
 
 @torch.no_grad()
 def teacher_logits(teacher: nn.Module, x: torch.Tensor, beta: Sequence[float]) -> torch.Tensor:
-    """z_T: the teacher's output, or the beta-weighted sum of its exits' logits."""
-    return ensemble_logits(teacher(x), beta)
+    """z_T: the teacher's output, or the beta-weighted sum of its exits' logits, in fp32 (the
+    forward may run under bf16 autocast; the ensemble and the loss do not)."""
+    return ensemble_logits(tuple(z.float() for z in as_exits(teacher(x))), beta)

@@ -37,7 +37,7 @@ from .arch import Architecture
 from .checkpoint import FORMAT, atomic_save, check_meta, load_checkpoint, supernet_meta
 from .data import Splits
 from .evaluation import fixed_loader, subnet_top1
-from .distributed import Dist, ResolutionBatchSampler, all_reduce_sum, step_seed
+from .distributed import DROPOUT, LOADER, SUBNETS, Dist, ResolutionBatchSampler, all_reduce_sum, step_seed
 from .kd import TEACHER_BN_MODES, ResolutionTeacher, freeze, kd_loss, teacher_logits
 from .phases import Phase, validation_grid
 from .supernet import Supernet
@@ -180,8 +180,12 @@ class PhaseTrainer:
         self.sampler = ResolutionBatchSampler(len(splits.train), options.batch_size, supernet.space.resolutions,
                                               seed=options.seed + 1000 * index, ctx=ctx,
                                               weights=resolution_weights)
+        # its own generator: starting the workers draws their base seed from it, not from the
+        # global generator that dropout uses (else a resumed epoch's masks would shift by a draw)
+        loader_seed = int(step_seed(LOADER, options.seed, index, ctx.rank).generate_state(1)[0])
         self.loader = DataLoader(splits.train, batch_sampler=self.sampler, num_workers=options.num_workers,
-                                 pin_memory=ctx.device.type == "cuda", persistent_workers=options.num_workers > 0)
+                                 pin_memory=ctx.device.type == "cuda", persistent_workers=options.num_workers > 0,
+                                 generator=torch.Generator().manual_seed(loader_seed))
         self.steps_per_epoch = len(self.sampler)
         scale = options.batch_size * ctx.world_size / options.reference_batch
         self.lr = phase.lr * scale
@@ -228,7 +232,7 @@ class PhaseTrainer:
 
     def step_archs(self, step: int, resolution: int) -> list[Architecture]:
         """The subnets of global step `step`: the same on every rank and after a resume."""
-        rng = np.random.default_rng(step_seed(self.options.seed, self.index, step))
+        rng = np.random.default_rng(step_seed(SUBNETS, self.options.seed, self.index, step))
         if self.arch_sampler is not None:
             return self.arch_sampler(rng, resolution, self.phase.subnets_per_step)
         return replace(self.phase.space, resolutions=(resolution,)).sample(rng, self.phase.subnets_per_step)
@@ -294,7 +298,7 @@ class PhaseTrainer:
         try:
             for epoch in range(start, phase.total_epochs if until is None else min(until, phase.total_epochs)):
                 t0 = time.time()
-                torch.manual_seed(int(step_seed(o.seed, self.index, epoch, ctx.rank).generate_state(1)[0]))
+                torch.manual_seed(int(step_seed(DROPOUT, o.seed, self.index, epoch, ctx.rank).generate_state(1)[0]))
                 self.sampler.set_epoch(epoch)
                 self.model.train()
                 loss_sum, n_steps, digest = 0.0, 0, 0

@@ -92,6 +92,14 @@ def test_better_half_is_the_first_two_fronts_not_the_most_accurate(objectives):
     assert not most_accurate >= {0, 1, 2}  # top-1 alone would leave out the cheap front members
 
 
+def test_better_half_cutting_one_front_keeps_its_ends_by_crowding():
+    """10 records on one front (top-1 rises with params): the half is decided by crowding alone,
+    which keeps both ends of the front, the cheapest and the most accurate."""
+    records = [record([i], 50 + 4 * i + (i % 3), 1 + i, 0) for i in range(10)]
+    half = {int(x[0]) for x in better_half(records, ("acc", "params"))}
+    assert len(half) == 5 and {0, 9} <= half
+
+
 def test_adapt_fits_the_sampler_on_the_survivors_of_the_archive(monkeypatch, tmp_path):
     archive = make_archive("parallel-ee", size=30, objectives=("acc", "params"))
     fitted, samplers = [], []

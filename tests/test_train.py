@@ -11,7 +11,7 @@ from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
 
 from nat2.config import DEFAULTS
 from supernets import CheckpointError, Supernet, load_splits, recalibrate_bn
-from supernets.aep import aep_loss, aep_weights, ensemble_logits
+from supernets.aep import aep_loss, aep_weights, as_exits, ensemble_logits
 from supernets.checkpoint import atomic_save, load_checkpoint, load_source
 from supernets.distributed import Dist, ResolutionBatchSampler
 from supernets.kd import freeze, kd_loss, teacher_logits
@@ -288,13 +288,18 @@ def test_bf16_runs_the_forward_in_bf16_and_the_loss_in_fp32(splits, tmp_path, mo
 
     def spy(self, out, y, z_t, alpha):
         loss = original(self, out, y, z_t, alpha)
-        seen.append((out.dtype, z_t.dtype, loss.dtype))
+        with torch.no_grad():   # the same loss on the same logits, cast to fp32 first
+            z = as_exits(out)[0].float()
+            reference = torch.nn.functional.cross_entropy(z, y, label_smoothing=self.options.label_smoothing) \
+                + self.options.kd_ratio * kd_loss(z, z_t)
+        seen.append((as_exits(out)[0].dtype, z_t.dtype, loss.dtype, loss.item() - reference.item()))
         return loss
     monkeypatch.setattr(PhaseTrainer, "_loss", spy)
     before = net.stem.conv.weight.clone()
     x, y = _batch(splits)
     loss = trainer.train_step(x, y, trainer.step_archs(0, 16))
-    assert seen == [(torch.bfloat16, torch.bfloat16, torch.float32)] * 2
+    assert [s[:3] for s in seen] == [(torch.bfloat16, torch.float32, torch.float32)] * 2
+    assert all(abs(s[3]) <= 1e-6 for s in seen)   # in bf16 it would be off by ~1e-3
     assert math.isfinite(loss) and not torch.equal(net.stem.conv.weight, before)
     assert net.stem.conv.weight.dtype == torch.float32
 
@@ -396,7 +401,8 @@ class _Kill(Exception):
 
 @pytest.mark.parametrize("kill_after, workers", [(1, 0), (7, 0), (7, 2)])
 def test_resume_after_a_kill_equals_an_uninterrupted_run(kill_after, workers, splits, tmp_path, monkeypatch):
-    """Killed in the kernel phase's second epoch, after its loader workers started (`workers`)."""
+    """Killed in the full phase's first epoch (1) or the kernel phase's second (7), the latter also
+    after its loader workers started (`workers` 2): the resumed weights are the same."""
     table = [{"name": "full", "epochs": 2, "lr": 0.05, "aep": True},
              {"name": "kernel", "kernels": "all", "epochs": 2, "warmup_epochs": 1, "lr": 0.03},
              {"name": "depth", "depths": "all", "epochs": 1, "lr": 0.01, "subnets_per_step": 2}]
