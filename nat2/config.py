@@ -53,6 +53,12 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "eps", "source": None, "device": "auto",
         "batch_size": 64, "reference_batch": 64, "eval_batch_size": 256, "calibration_batch": 100,
         "num_workers": 0,
+        # Evaluation (supernet validation, search, fine-tuning validation) reads images prepared
+        # once per resolution and kept on the device, up to `eval_cache_mb` (null: no limit, 0:
+        # stream every time). `eval_bf16`: bf16 autocast for evaluation (null: on CUDA only).
+        # `val_images`: validation images scored per grid setting after each `val_every` epochs
+        # (a fixed subset; null: all); the last epoch of a phase is always scored on all of them.
+        "eval_cache_mb": 2048, "eval_bf16": None, "val_images": None,
         "momentum": 0.9, "nesterov": True, "weight_decay": 3.0e-5, "label_smoothing": 0.1, "grad_clip": None,
         "kd_ratio": 1.0, "kd_temperature": 1.0, "teacher_bn": "eval", "aep_scheme": "desc",
         "bf16": False, "seed": 0, "val_every": 1, "val_settings": 32,

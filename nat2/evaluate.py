@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from supernets import Supernet, Splits
 from supernets.distributed import Dist
-from supernets.evaluation import subnet_top1
+from supernets.evaluation import EvalData, subnet_top1
 
 from .archive import Record
 from .space import SearchSpace
@@ -47,20 +47,28 @@ def read_jsonl(path: Path) -> dict[str, Record]:
 
 
 class Evaluator:
-    """Validation (or, for the final report only, test) top-1 of encodings after BN recalibration."""
+    """Validation (or, for the final report only, test) top-1 of encodings after BN recalibration.
+
+    The calibration and validation images are prepared once per resolution (`EvalData`, within
+    `cache_mb`) and reused for every subnet; on CUDA the forwards run in bf16 autocast and
+    channels_last unless `bf16` says otherwise."""
 
     def __init__(self, space: SearchSpace, supernets: dict[float, Supernet], splits: Splits, n_classes: int, *,
-                 ctx: Dist = Dist(), batch_size: int = 256, calibration_batch: int = 100, num_workers: int = 0) -> None:
+                 ctx: Dist = Dist(), batch_size: int = 256, calibration_batch: int = 100, num_workers: int = 0,
+                 cache_mb: float | None = 2048, bf16: bool | None = None) -> None:
         self.space, self.supernets, self.splits, self.n_classes = space, supernets, splits, n_classes
-        self.ctx, self.batch_size, self.calibration_batch, self.num_workers = ctx, batch_size, calibration_batch, num_workers
+        self.ctx, self.batch_size, self.calibration_batch = ctx, batch_size, calibration_batch
+        self.data = EvalData(splits, ctx.device, budget_mb=cache_mb, num_workers=num_workers)
+        cuda = ctx.device.type == "cuda"
+        self.bf16, self.channels_last = cuda if bf16 is None else bf16, cuda
 
     def top1(self, encoding: Sequence[int], split: str = "val") -> float:
         """Top-1 (%) of one encoding on `split` ("val", or "test" for the final report)."""
         arch = self.space.decode(np.asarray(encoding))
         supernet = self.supernets[arch.width]
-        correct, total = subnet_top1(supernet, arch, self.splits.calibration, getattr(self.splits, split),
-                                     device=self.ctx.device, batch_size=self.batch_size,
-                                     calibration_batch=self.calibration_batch, num_workers=self.num_workers)
+        correct, total = subnet_top1(supernet, arch, self.data, split, batch_size=self.batch_size,
+                                     calibration_batch=self.calibration_batch, bf16=self.bf16,
+                                     channels_last=self.channels_last)
         return 100.0 * correct / total
 
     def evaluate(self, X: np.ndarray, iteration: int, cache: Path | None = None, desc: str = "evaluate",

@@ -24,7 +24,7 @@ from torch import nn
 from postprocess.finetune import FinetuneOptions, two_step
 from supernets import Subnet, arch_cost, recalibrate_bn
 from supernets.checkpoint import atomic_save, load_checkpoint
-from supernets.evaluation import fixed_loader
+from supernets.evaluation import EvalData
 
 from .config import ConfigError
 from .jsonio import write_json
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def finetune_options(config: dict[str, Any]) -> FinetuneOptions:
     fields = {f.name for f in dataclasses.fields(FinetuneOptions)}
     values = {k: v for k, v in config["finetune"].items() if k in fields}
-    values.update(eval_batch_size=config["train"]["eval_batch_size"], num_workers=config["train"]["num_workers"])
+    values.update({k: config["train"][k] for k in ("eval_batch_size", "num_workers", "eval_cache_mb")})
     try:
         return FinetuneOptions(**values)
     except (TypeError, ValueError) as err:
@@ -81,6 +81,8 @@ def cmd_finetune(config: dict[str, Any], args: argparse.Namespace) -> None:
     if mine:
         supernets = trained_supernets(config, run_dir, splits.n_classes, space, ctx.device)
         load_adapted(run_dir, supernets)
+    data = EvalData(splits, ctx.device, budget_mb=config["train"]["eval_cache_mb"],
+                    num_workers=config["train"]["num_workers"])
     for row, variant in mine:
         arch = space.decode(np.array(row["encoding"]))
         exits = "all" if variant == "aep" else None
@@ -88,8 +90,7 @@ def cmd_finetune(config: dict[str, Any], args: argparse.Namespace) -> None:
 
         def build() -> nn.Module:
             subnet = supernet.extract(arch, exits)
-            calibration = fixed_loader(splits.calibration, arch.resolution, config["train"]["calibration_batch"])
-            recalibrate_bn(subnet, ((x.to(ctx.device), y) for x, y in calibration))
+            recalibrate_bn(subnet, data.batches("calibration", arch.resolution, config["train"]["calibration_batch"]))
             return subnet
 
         out = result_path(run_dir, row, variant).parent

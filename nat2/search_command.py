@@ -103,7 +103,8 @@ def cmd_search(config: dict[str, Any], args: argparse.Namespace) -> None:
                 for w, s in supernets.items()}
     load_adapted(run_dir, supernets)
     evaluator = Evaluator(space, supernets, splits, splits.n_classes, ctx=ctx, batch_size=options.eval_batch_size,
-                          calibration_batch=options.calibration_batch, num_workers=options.num_workers)
+                          calibration_batch=options.calibration_batch, num_workers=options.num_workers,
+                          cache_mb=options.eval_cache_mb, bf16=options.eval_bf16)
     adapt_settings = config["search"]["adapt"]
 
     def adapt_fn(k: int, archive: Archive) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from supernets import Splits, Subnet, Supernet, recalibrate_bn
-from supernets.evaluation import fixed_loader
+from supernets.evaluation import EvalData, fixed_loader
 from supernets.zero_cost import training_free_metrics
 
 from .config import ConfigError
@@ -80,6 +80,7 @@ class TrainingFreeMetrics:
         positions = np.sort(np.random.default_rng(seed).choice(len(splits.train), batch_size, replace=False))
         self.icd_images = splits.train.subset(positions, splits.calibration.transform_factory)
         self._batches: dict[int, torch.Tensor] = {}
+        self.data = EvalData(splits, device)
         self.records: dict[str, dict[str, Any]] = read_jsonl(cache_path) if cache_path is not None else {}
 
     def images(self, resolution: int) -> torch.Tensor:
@@ -100,8 +101,7 @@ class TrainingFreeMetrics:
                 model = self.supernets[arch.width].extract(arch)
             else:
                 model = Subnet(arch, self.splits.n_classes, **self.subnet_options).to(self.device)
-        calibration = fixed_loader(self.splits.calibration, arch.resolution, self.calibration_batch)
-        recalibrate_bn(model, ((x.to(self.device), y) for x, y in calibration))
+        recalibrate_bn(model, self.data.batches("calibration", arch.resolution, self.calibration_batch))
         return model.eval()
 
     def record(self, encoding: Sequence[int]) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,14 @@ from supernets.aep import SCHEMES, aep_loss, aep_weights, as_exits, ensemble_log
 from supernets.arch import Architecture
 from supernets.checkpoint import atomic_save, load_checkpoint
 from supernets.data import ImageSet, Splits, make_loader
+from supernets.evaluation import EvalData
 from supernets.subnet import Subnet
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd")
+
+
+Validation = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class FinetuneError(RuntimeError):
@@ -58,6 +62,7 @@ class FinetuneOptions:
     aep_scheme: str = "unif"
     seed: int = 0
     num_workers: int = 0
+    eval_cache_mb: float | None = 2048
 
     def __post_init__(self) -> None:
         for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
@@ -95,19 +100,19 @@ def n_exits(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, resolution: int, batch_size: int, device: torch.device,
-            beta: Sequence[float], num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+            beta: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-exit logits of shape exits x N x classes, labels) of `model` in eval mode."""
     was_training = model.training
     model.eval()
     outs, labels = [], []
-    for x, y in make_loader(at_resolution(dataset, resolution), batch_size, shuffle=False, num_workers=num_workers):
-        outs.append(torch.stack(as_exits(model(x.to(device)))).cpu())
+    for x, y in batches:
+        outs.append(torch.stack(as_exits(model(x))))
         labels.append(y)
     model.train(was_training)
     if len(beta) != outs[0].shape[0]:
         raise ValueError(f"{outs[0].shape[0]} exits but {len(beta)} beta weights")
-    return torch.cat(outs, 1), torch.cat(labels)
+    return torch.cat(outs, 1).cpu(), torch.cat(labels).cpu()
 
 
 def scores(logits: torch.Tensor, labels: torch.Tensor, beta: Sequence[float]) -> dict[str, float]:
@@ -149,12 +154,13 @@ def keep_exits(model: Subnet, kept: Sequence[int]) -> Subnet:
 class Finetuner:
     """One fine-tuning step of one model: epochs of training, optional validation, checkpoints.
 
-    `validation` None trains blind for exactly `epochs` (step 2); otherwise validation loss and
-    top-1 are logged every epoch and drive early stopping (step 1).
+    `validation` None trains blind for exactly `epochs` (step 2); otherwise it gives the
+    validation batches, whose loss and top-1 are logged every epoch and drive early stopping
+    (step 1).
     """
 
     def __init__(self, model: nn.Module, train: Dataset, resolution: int, options: FinetuneOptions,
-                 out_dir: Path, device: torch.device, validation: Dataset | None = None, name: str = "") -> None:
+                 out_dir: Path, device: torch.device, validation: Validation | None = None, name: str = "") -> None:
         self.model, self.options, self.dir, self.device = model.to(device), options, out_dir, device
         self.resolution, self.validation, self.name = resolution, validation, name or out_dir.name
         self.train = at_resolution(train, resolution)
@@ -214,8 +220,7 @@ class Finetuner:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row["train_loss"] = self._epoch(epoch)
             if self.validation is not None:
-                logits, labels = predict(self.model, self.validation, self.resolution, self.options.eval_batch_size,
-                                         self.device, self.beta, self.options.num_workers)
+                logits, labels = predict(self.model, self.validation(), self.beta)
                 val = scores(logits, labels, self.beta)
                 row.update(val_loss=val["loss"], val_top1=val["top1"])
                 if not math.isfinite(val["loss"]):
@@ -249,18 +254,20 @@ def two_step(build: Callable[[], nn.Module], splits: Splits, resolution: int, op
     before = build().to(device)
     alpha, beta = aep_weights(options.aep_scheme, n_exits(before))
     exits = list(before.exit_list) if isinstance(before, Subnet) else [1]
-    val_before = scores(*predict(before, splits.val, resolution, options.eval_batch_size, device, beta,
-                                 options.num_workers), beta)
+    data = EvalData(splits, device, budget_mb=options.eval_cache_mb, num_workers=options.num_workers)
+
+    def validation() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return data.batches("val", resolution, options.eval_batch_size)
+    val_before = scores(*predict(before, validation(), beta), beta)
     label = f"{out_dir.parent.name}/{out_dir.name}"
-    step1 = Finetuner(before, splits.train, resolution, options, out_dir / "step1", device, splits.val,
+    step1 = Finetuner(before, splits.train, resolution, options, out_dir / "step1", device, validation,
                       name=f"{label} step 1")
     history = step1.run(options.epochs)
     e = best_epoch(history)
     kept, kept_beta = exits, beta
     if prune and len(exits) > 1:
         step1.model.load_state_dict(load_checkpoint(out_dir / "step1" / "best.pt")["model"])
-        logits, labels = predict(step1.model, splits.val, resolution, options.eval_batch_size, device, beta,
-                                 options.num_workers)
+        logits, labels = predict(step1.model, validation(), beta)
         kept, kept_beta, _ = prune_exits(logits, labels, beta, exits)
     step2 = Finetuner(build(), train_and_val(splits), resolution, options, out_dir / "step2", device,
                       name=f"{label} step 2")
@@ -270,8 +277,8 @@ def two_step(build: Callable[[], nn.Module], splits: Splits, resolution: int, op
     if on_test is not None:
         on_test()
     model = keep_exits(step2.model, kept) if kept != exits else step2.model
-    test = scores(*predict(model, splits.test, resolution, options.eval_batch_size, device, kept_beta,
-                           options.num_workers), kept_beta)
+    test = scores(*predict(model, data.batches("test", resolution, options.eval_batch_size, cache=False), kept_beta),
+                  kept_beta)
     result = {"exits": exits, "alpha": alpha, "beta": beta, "kept_exits": kept, "kept_beta": kept_beta,
               "val_top1_before": val_before["top1"], "best_epoch": e, "step1_epochs": len(history),
               "val_top1_step1": history[e - 1]["val_top1"], "step2_epochs": len(trained), "test_top1": test["top1"]}

@@ -1,28 +1,75 @@
 """BN recalibration: re-estimate running statistics of the active (sub)network on given images.
 
 Weights shared across subnets carry batch-norm statistics of no particular subnet, so every
-subnet is recalibrated on a fixed subset of training images before it is evaluated.
+subnet is recalibrated on a fixed subset of training images before it is evaluated. This is
+`ofa`'s `set_running_statistics` (each BN layer normalises with its batch's statistics while
+their per-image-weighted averages are collected, then the averages become the running
+statistics), done in place: `ofa` deep-copies the whole supernet for every call, which costs
+more than the forwards of a small subnet.
 """
 from __future__ import annotations
 
 from itertools import chain
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
-from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics
+import torch.nn.functional as F
+from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import DynamicBatchNorm2d
 from torch import nn
 
 
-def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Set every BN layer's running mean/var to their averages over `loader`'s batches.
+class _Moments:
+    """Image-weighted sums of one BN layer's batch means and variances."""
 
-    Works on a supernet (for its active subnet) and on extracted subnets; the model's weights
-    and mode are left as they were.
-    """
-    if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+    def __init__(self) -> None:
+        self.mean: torch.Tensor | float = 0.0
+        self.var: torch.Tensor | float = 0.0
+        self.count = 0
+
+    def forward_for(self, bn: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A forward for `bn` that normalises with the batch's statistics and records them, with
+        `ofa`'s arithmetic (means taken axis by axis), so the results match it bit for bit."""
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            mean = x.mean(0, keepdim=True).mean(2, keepdim=True).mean(3, keepdim=True)
+            var = ((x - mean) * (x - mean)).mean(0, keepdim=True).mean(2, keepdim=True).mean(3, keepdim=True)
+            mean, var = torch.squeeze(mean), torch.squeeze(var)
+            self.mean = self.mean + mean * x.size(0)
+            self.var = self.var + var * x.size(0)
+            self.count += x.size(0)
+            c = mean.size(0)
+            return F.batch_norm(x, mean, var, bn.weight[:c], bn.bias[:c], False, 0.0, bn.eps)
+        return forward
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Set every BN layer's running mean/var (the active channels of an elastic layer) to their
+    averages over `loader`'s batches, as `ofa`'s `set_running_statistics` does, without copying
+    the model. Works on a supernet (for its active subnet) and on extracted subnets; the model's
+    weights and mode are left as they were, and BN layers the forwards do not reach keep theirs."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
         raise ValueError("recalibrate_bn: the model has no BatchNorm2d layer to recalibrate")
     batches = iter(loader)
     first = next(batches, None)
     if first is None:
         raise ValueError("recalibrate_bn: the calibration loader yielded no batch")
-    set_running_statistics(model, chain([first], batches))
+    moments = [_Moments() for _ in bns]
+    for bn, m in zip(bns, moments):
+        bn.forward = m.forward_for(bn)
+    DynamicBatchNorm2d.SET_RUNNING_STATISTICS = True  # elastic layers call bn(x), not F.batch_norm
+    was_training = model.training
+    model.eval()  # dropout (after the last BN) off: no random draws, the same statistics
+    try:
+        for x, _ in chain([first], batches):
+            model(x)
+    finally:
+        DynamicBatchNorm2d.SET_RUNNING_STATISTICS = False
+        model.train(was_training)
+        for bn in bns:
+            del bn.forward
+    for bn, m in zip(bns, moments):
+        if m.count > 0:
+            c = m.mean.size(0)
+            bn.running_mean[:c].copy_(m.mean / m.count)
+            bn.running_var[:c].copy_(m.var / m.count)

@@ -60,7 +60,7 @@ def all_reduce_sum(values: Sequence[float], ctx: Dist) -> list[float]:
 
 # The streams of random numbers of training. SeedSequence pads its entropy with zeros, so
 # (seed, epoch) and (seed, epoch, 0) would be one stream: each stream ends with its own tag.
-SUBNETS, RESOLUTIONS, AUGMENTATION, DROPOUT, LOADER = 1, 2, 3, 4, 5
+SUBNETS, RESOLUTIONS, AUGMENTATION, DROPOUT, LOADER, VALIDATION = 1, 2, 3, 4, 5, 6
 
 
 def step_seed(stream: int, *parts: int) -> np.random.SeedSequence:

@@ -21,7 +21,7 @@ import zlib
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,8 +36,9 @@ from .aep import SCHEMES, aep_loss, aep_weights, as_exits
 from .arch import Architecture
 from .checkpoint import FORMAT, atomic_save, check_meta, load_checkpoint, supernet_meta
 from .data import Splits
-from .evaluation import fixed_loader, subnet_top1
-from .distributed import DROPOUT, LOADER, SUBNETS, Dist, ResolutionBatchSampler, all_reduce_sum, step_seed
+from .evaluation import EvalData, subnet_top1
+from .distributed import (DROPOUT, LOADER, SUBNETS, VALIDATION, Dist, ResolutionBatchSampler, all_reduce_sum,
+                          step_seed)
 from .kd import TEACHER_BN_MODES, ResolutionTeacher, freeze, kd_loss, teacher_logits
 from .phases import Phase, validation_grid
 from .supernet import Supernet
@@ -72,8 +73,11 @@ class TrainOptions:
     seed: int = 0
     val_every: int = 1
     val_settings: int = 32
+    val_images: int | None = None
     eval_batch_size: int = 256
     calibration_batch: int = 100
+    eval_cache_mb: float | None = 2048
+    eval_bf16: bool | None = None
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -82,6 +86,11 @@ class TrainOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} = {value!r}; expected a positive integer")
+        if self.val_images is not None and (isinstance(self.val_images, bool) or not isinstance(self.val_images, int)
+                                            or self.val_images < 1):
+            raise ValueError(f"val_images = {self.val_images!r}; expected a positive integer or null (all)")
+        if self.eval_cache_mb is not None and not self.eval_cache_mb >= 0:
+            raise ValueError(f"eval_cache_mb = {self.eval_cache_mb!r}; expected a size in MB >= 0 or null (no limit)")
         if self.teacher_bn not in TEACHER_BN_MODES:
             raise ValueError(f"teacher_bn = {self.teacher_bn!r}; expected one of {', '.join(TEACHER_BN_MODES)}")
         if self.aep_scheme not in SCHEMES:
@@ -100,25 +109,40 @@ def build_teacher(supernet: Supernet, splits: Splits, options: TrainOptions, dev
     if options.teacher_bn == "train":
         return freeze(teacher, "train")
 
-    def batches_at(resolution: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        calibration = fixed_loader(splits.calibration, resolution, options.calibration_batch)
-        return ((x.to(device), y) for x, y in calibration)
-    return ResolutionTeacher(teacher, batches_at, supernet.space.resolutions)
+    data = EvalData(splits, device, budget_mb=0)   # each resolution read once: nothing to gain from a cache
+    return ResolutionTeacher(teacher, lambda r: data.batches("calibration", r, options.calibration_batch),
+                             supernet.space.resolutions)
 
 
-def validate(supernet: Supernet, archs: Sequence[Architecture], splits: Splits, options: TrainOptions,
-             ctx: Dist = Dist(), aep: bool = False) -> list[float]:
-    """Validation top-1 (%) of each architecture, each after BN recalibration on the calibration
-    images; the validation images are sharded over ranks and the counts all-reduced."""
-    shard = range(ctx.rank, len(splits.val), ctx.world_size)
+def eval_bf16(options: TrainOptions, device: torch.device) -> bool:
+    """bf16 autocast for evaluation: `eval_bf16`, or by default on CUDA only."""
+    return device.type == "cuda" if options.eval_bf16 is None else options.eval_bf16
+
+
+def validation_subset(n: int, options: TrainOptions) -> np.ndarray | None:
+    """The fixed validation positions scored between full validations (`val_images` of `n`,
+    drawn once from the run's seed), or None for all."""
+    if options.val_images is None or options.val_images >= n:
+        return None
+    return np.sort(np.random.default_rng(step_seed(VALIDATION, options.seed, n)).choice(n, options.val_images,
+                                                                                      replace=False))
+
+
+def validate(supernet: Supernet, archs: Sequence[Architecture], data: EvalData, options: TrainOptions,
+             ctx: Dist = Dist(), aep: bool = False, positions: Sequence[int] | None = None) -> list[float]:
+    """Validation top-1 (%) of each architecture on `positions` of the validation split (all by
+    default), each after BN recalibration on the calibration images; the images are sharded over
+    ranks and the counts all-reduced."""
+    positions = np.arange(len(data.splits.val)) if positions is None else np.asarray(positions)
     exits = "all" if aep and supernet.early_exits else None
     top1 = []
     for arch in archs:
         n_exits = arch.exit if exits else 1
-        correct, total = subnet_top1(supernet, arch, splits.calibration, splits.val, device=ctx.device, exits=exits,
+        correct, total = subnet_top1(supernet, arch, data, "val", exits=exits,
                                      beta=aep_weights(options.aep_scheme, n_exits)[1] if exits else None,
                                      batch_size=options.eval_batch_size, calibration_batch=options.calibration_batch,
-                                     positions=shard, num_workers=options.num_workers)
+                                     positions=positions[ctx.rank::ctx.world_size], bf16=eval_bf16(options, ctx.device),
+                                     channels_last=ctx.device.type == "cuda")
         correct, total = all_reduce_sum([correct, total], ctx)
         top1.append(100.0 * correct / max(total, 1))
     return top1
@@ -136,7 +160,7 @@ class _Metrics:
 
     def write(self, history: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
-        out = csv.DictWriter(buf, fieldnames=list(history[0]))
+        out = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
         out.writeheader()
         out.writerows(history)
         tmp = self.path.with_suffix(".csv.tmp")
@@ -175,8 +199,9 @@ class PhaseTrainer:
         self.tb_dir = tb_dir
         self.model: nn.Module = supernet
         if ctx.enabled:
+            # running statistics are never used in training (every evaluation recalibrates): no broadcast
             self.model = DistributedDataParallel(supernet, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
-                                                 else None, find_unused_parameters=True)
+                                                 else None, find_unused_parameters=True, broadcast_buffers=False)
         self.sampler = ResolutionBatchSampler(len(splits.train), options.batch_size, supernet.space.resolutions,
                                               seed=options.seed + 1000 * index, ctx=ctx,
                                               weights=resolution_weights)
@@ -198,6 +223,8 @@ class PhaseTrainer:
             warmup_lr_init=self.lr / max(warmup_steps, 1), warmup_prefix=warmup_steps > 0, t_in_epochs=False)
         self.grad_clip = phase.grad_clip if phase.grad_clip is not None else options.grad_clip
         self.autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=options.bf16)
+        self.eval_data = EvalData(splits, ctx.device, budget_mb=options.eval_cache_mb, num_workers=options.num_workers)
+        self.val_subset = validation_subset(len(splits.val), options)
 
     # -- checkpoints -----------------------------------------------------------------------
     def _payload(self, epoch: int, best: tuple[float, int], history: list[dict[str, Any]],
@@ -245,7 +272,7 @@ class PhaseTrainer:
             with self.autocast:
                 beta = aep_weights(self.options.aep_scheme, len(self.teacher.exit_list))[1]
                 z_t = teacher_logits(self.teacher, x, beta)
-        losses = []
+        losses = []   # on the device: one host synchronisation per step, not one per subnet
         for j, arch in enumerate(archs):
             exits = "all" if self.phase.aep and self.supernet.early_exits else None
             self.supernet.set_active(arch, exits)
@@ -256,16 +283,17 @@ class PhaseTrainer:
                     out = self.model(x)
                 loss = self._loss(out, y, z_t, alpha)
                 loss.backward()
-            losses.append(loss.item())
+            losses.append(loss.detach())
         norm = nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip or math.inf)
-        if not torch.isfinite(norm):
+        mean_loss, norm = (float(v) for v in torch.stack([sum(losses) / len(losses), norm.detach()]).tolist())
+        if not math.isfinite(norm):
             raise TrainingError(
-                f"phase {self.phase.name!r}: non-finite gradient (norm {norm.item()}, losses {losses} for subnets "
+                f"phase {self.phase.name!r}: non-finite gradient (norm {norm}, losses {[v.item() for v in losses]} for subnets "
                 f"{[str(a) for a in archs]}); the last good checkpoint {self.dir / 'last.pt'} is kept. Lower the "
                 "phase's lr or set train.grad_clip")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return sum(losses) / len(losses)
+        return mean_loss
 
     def check_sync(self, digest: int) -> None:
         """All ranks must hold the same weights and have trained the same subnets (`digest` of
@@ -318,13 +346,18 @@ class PhaseTrainer:
                 loss_sum, n_steps = all_reduce_sum([loss_sum, n_steps], ctx)
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
                                        "train_loss": loss_sum / n_steps, "val_top1": "", "val_min_top1": "",
-                                       "val_max_top1": "", "seconds": 0.0}
-                improved = False
-                if (epoch + 1) % o.val_every == 0 or epoch + 1 == phase.total_epochs:
-                    top1 = validate(self.supernet, grid, self.splits, o, ctx, phase.aep)
+                                       "val_max_top1": "", "val_full_top1": "", "seconds": 0.0, "val_seconds": 0.0}
+                improved, last = False, epoch + 1 == phase.total_epochs
+                if (epoch + 1) % o.val_every == 0 or last:
+                    t_val = time.time()
+                    top1 = validate(self.supernet, grid, self.eval_data, o, ctx, phase.aep, self.val_subset)
                     row.update(val_top1=float(np.mean(top1)), val_min_top1=top1[0], val_max_top1=top1[-1])
                     improved = row["val_top1"] > best[0]
                     best = (row["val_top1"], epoch + 1) if improved else best
+                    if last and self.val_subset is not None:
+                        row["val_full_top1"] = float(np.mean(validate(self.supernet, grid, self.eval_data, o, ctx,
+                                                                      phase.aep)))
+                    row["val_seconds"] = time.time() - t_val
                 row["seconds"] = time.time() - t0
                 history = history + [row]
                 if ctx.is_main:

@@ -18,6 +18,7 @@ from postprocess import ExportError, FinetuneOptions, export_subnet, load_subnet
 from postprocess.finetune import Finetuner, best_epoch, keep_exits, prune_exits, scores
 from supernets import Supernet, default_space, load_splits
 from supernets.data import ImageSet
+from supernets.evaluation import EvalData
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,8 +167,9 @@ def test_resumed_fine_tuning_equals_uninterrupted(supernet, arch, tmp_path, monk
 def test_a_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(supernet, arch, tmp_path, monkeypatch):
     splits = load_splits("synthetic", calibration_size=16, n_train=40, n_val=20, n_test=20)
     options = FinetuneOptions(epochs=3, batch_size=20)
+    data = EvalData(splits, torch.device("cpu"))
     trainer = Finetuner(supernet.extract(arch), splits.train, arch.resolution, options, tmp_path, torch.device("cpu"),
-                        splits.val)
+                        lambda: data.batches("val", arch.resolution, 20))
     trainer.run(1)
     saved = (tmp_path / "last.pt").read_bytes()
     monkeypatch.setattr(finetune, "aep_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))

@@ -1,3 +1,4 @@
+import copy
 import itertools
 import json
 
@@ -8,6 +9,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from supernets import (Architecture, ArchitectureError, Block, CheckpointError, Subnet, Supernet, arch_cost,
                        default_space, load_ofa_state_dict, recalibrate_bn)
+from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics
+
 from supernets.layers import stage_forward
 
 VARIANTS = list(itertools.product([False, True], [False, True], [False, True]))  # dense, parallel, early_exits
@@ -263,3 +266,26 @@ def test_bn_recalibration_sets_statistics_of_the_calibration_data(rng):
     torch.testing.assert_close(net.extract(arch).eval()(images[:4]), subnet(images[:4]), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="no batch"):
         recalibrate_bn(subnet, [])
+
+
+@pytest.mark.parametrize("variant", [(True, True, True), (False, False, False)], ids=_ids)
+def test_bn_recalibration_in_place_equals_ofas_and_copies_nothing(variant, rng, monkeypatch):
+    """The active subnet's statistics equal `ofa`'s set_running_statistics on the same batches
+    (to 1e-6), the rest keep theirs, the mode is kept, and the supernet is not deep-copied."""
+    dense, parallel, ee = variant
+    net = Supernet(10, dense=dense, parallel=parallel, early_exits=ee, space=default_space(parallel, ee, 1.0, (24,)))
+    _perturb(net)
+    net.set_active(net.space.sample(rng, 1)[0])
+    reference = copy.deepcopy(net)
+    before = {k: v.clone() for k, v in net.named_buffers()}
+    images = torch.randn(30, 3, 24, 24) * 2 + 1
+    loader = [(images[i:i + 8], None) for i in range(0, 30, 8)]   # a short last batch
+    set_running_statistics(reference, loader)
+    monkeypatch.setattr(copy, "deepcopy", lambda *a, **k: pytest.fail("recalibrate_bn copied the model"))
+    net.train()
+    recalibrate_bn(net, loader)
+    assert net.training
+    ours, theirs = dict(net.named_buffers()), dict(reference.named_buffers())
+    for k in ours:
+        torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=1e-6)
+    assert not torch.equal(ours["stem.bn.running_mean"], before["stem.bn.running_mean"])
