@@ -277,8 +277,7 @@ def two_step(build: Callable[[], nn.Module], splits: Splits, resolution: int, op
     if on_test is not None:
         on_test()
     model = keep_exits(step2.model, kept) if kept != exits else step2.model
-    test = scores(*predict(model, data.batches("test", resolution, options.eval_batch_size, cache=False), kept_beta),
-                  kept_beta)
+    test = scores(*predict(model, data.batches("test", resolution, options.eval_batch_size), kept_beta), kept_beta)
     result = {"exits": exits, "alpha": alpha, "beta": beta, "kept_exits": kept, "kept_beta": kept_beta,
               "val_top1_before": val_before["top1"], "best_epoch": e, "step1_epochs": len(history),
               "val_top1_step1": history[e - 1]["val_top1"], "step2_epochs": len(trained), "test_top1": test["top1"]}

@@ -121,11 +121,11 @@ class EvalData:
                          "transform cannot be cached)", split, resolution, size / 2 ** 20, self.budget_mb)
         return self.cache[key]
 
-    def batches(self, split: str, resolution: int, batch_size: int, positions: Sequence[int] | None = None,
-                cache: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of `split` at `resolution`; `cache` False streams (images read once, e.g. a
-        final test report, gain nothing from a cache)."""
-        cached = self._cached(split, resolution) if cache else None
+    def batches(self, split: str, resolution: int, batch_size: int,
+                positions: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of `split` at `resolution`. The test split is always streamed: it is read only
+        for final reports, and never held beside the data the search chooses with."""
+        cached = None if split == "test" else self._cached(split, resolution)
         if cached is not None:
             return cached.batches(batch_size, positions)
         cuda = self.device.type == "cuda"

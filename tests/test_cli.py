@@ -85,7 +85,7 @@ def test_train_supernet_writes_the_run_directory(trained, capsys):
                 assert (run / "supernet" / width / phase / name).is_file()
         assert list((run / "logs" / "tensorboard" / width / "exits").glob("events.out.tfevents.*"))
     header, row = (run / "supernet" / "w1.2" / "exits" / "metrics.csv").read_text().splitlines()
-    assert header == "epoch,lr,train_loss,val_top1,val_min_top1,val_max_top1,seconds"
+    assert header == "epoch,lr,train_loss,val_top1,val_min_top1,val_max_top1,val_full_top1,seconds,val_seconds"
     assert row.startswith("1,")
 
 

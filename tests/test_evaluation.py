@@ -82,6 +82,11 @@ def test_the_budget_streams_what_does_not_fit(splits, caplog):
     assert "calibration at 20 px streamed" in caplog.text and "MB on cpu" in caplog.text
 
 
+def test_the_test_split_is_never_cached(splits):
+    data = EvalData(splits, CPU)
+    assert len(list(data.batches("test", 16, 8))) == 2 and data.cache == {}
+
+
 def test_transforms_without_a_float_step_are_streamed():
     assert split_transform(lambda image: image) is None
 
