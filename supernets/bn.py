@@ -61,8 +61,9 @@ def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.
     was_training = model.training
     model.eval()  # dropout (after the last BN) off: no random draws, the same statistics
     try:
+        device = next(model.parameters()).device
         for x, _ in chain([first], batches):
-            model(x)
+            model(x.to(device, non_blocking=True))
     finally:
         DynamicBatchNorm2d.SET_RUNNING_STATISTICS = False
         model.train(was_training)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from .aep import ensemble_logits
+from .aep import as_exits, ensemble_logits
 from .arch import Architecture
 from .bn import recalibrate_bn
 
@@ -129,7 +129,8 @@ class EvalData:
         if cached is not None:
             return cached.batches(batch_size, positions)
         cuda = self.device.type == "cuda"
-        loader = fixed_loader(getattr(self.splits, split), resolution, batch_size, positions, self.num_workers, cuda)
+        workers = 0 if split == "calibration" else self.num_workers   # a few batches: workers cost more than they save
+        loader = fixed_loader(getattr(self.splits, split), resolution, batch_size, positions, workers, cuda)
         return ((x.to(self.device, non_blocking=cuda), y.to(self.device, non_blocking=cuda)) for x, y in loader)
 
 
@@ -146,7 +147,7 @@ def count_correct(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.
         device = x.device
         with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
             out = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
-        logits = out if beta is None else ensemble_logits(out, beta)
+        logits = out if beta is None else ensemble_logits(tuple(z.float() for z in as_exits(out)), beta)
         hits = (logits.argmax(1) == y.to(device)).sum()
         correct = hits if correct is None else correct + hits
         total += len(y)

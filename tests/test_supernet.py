@@ -289,3 +289,21 @@ def test_bn_recalibration_in_place_equals_ofas_and_copies_nothing(variant, rng, 
     for k in ours:
         torch.testing.assert_close(ours[k], theirs[k], rtol=0, atol=1e-6)
     assert not torch.equal(ours["stem.bn.running_mean"], before["stem.bn.running_mean"])
+
+
+def test_bn_recalibration_restores_the_layers_when_a_forward_fails():
+    from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import DynamicBatchNorm2d
+
+    class Failing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            self.bn(x)
+            raise RuntimeError("broken batch")
+    model = Failing()
+    with pytest.raises(RuntimeError, match="broken batch"):
+        recalibrate_bn(model, [(torch.randn(2, 3, 4, 4), None)])
+    assert "forward" not in model.bn.__dict__ and not DynamicBatchNorm2d.SET_RUNNING_STATISTICS
+    assert torch.equal(model.bn.running_mean, torch.zeros(3))
