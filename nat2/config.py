@@ -17,7 +17,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "sample": {"n": 8, "seed": 0, "batch_size": 100},
     "run": {"dir": None},
-    # The NAT2 search (spec/nat2-search.md sections 2-5); `supernet` defaults to this run's
+    # The NAT2 search (archive, predictor, NSGA-II, adaptation); `supernet` defaults to this run's
     # train-supernet result: supernet/w<width>/<last phase>/best.pt. `warm_start`: a JSON list of
     # encodings (e.g. tfsearch/warm_start.json) evaluated in the initial archive sample.
     # `adapt.smoothing`: pseudo-counts per value of every factor of the distribution adaptation
@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     # Which subnets of the search go on (nat2/select.py): knee, front or rbifa (the `n` best by
     # RB-IFA's rank score for the performance weight `wp`).
     "select": {"method": "knee", "wp": 0.5, "n": 1},
-    # Two-step fine-tuning (spec/training.md section 4); `epochs` is step 1's maximum and the
+    # Two-step fine-tuning (README, "Fine-tuning"); `epochs` is step 1's maximum and the
     # schedule's length. `variants`: single (the subnet as found) and, for early-exit subnets, aep.
     "finetune": {
         "epochs": 150, "patience": 30, "lr": 1.0e-4, "weight_decay": 5.0e-4, "optimizer": "adamw", "momentum": 0.9,
@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "prune": False, "seed": 0,
     },
     "export": {"tolerance": 1.0e-4},
-    # RB-IFA (spec/rbifa.md): the performance weight(s) Wp of eq. 6, the Improved FireFly
+    # RB-IFA (the rank-based Improved FireFly Algorithm): the performance weight(s) Wp of eq. 6, the Improved FireFly
     # Algorithm's defaults, the ICD image batch, the subnet weights (inherited from the supernets
     # or a fresh init) and whether the training-free search writes a warm start for NAT2.
     "rbifa": {
@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "kd_ratio": 1.0, "kd_temperature": 1.0, "teacher_bn": "eval", "aep_scheme": "desc",
         "bf16": False, "seed": 0, "val_every": 1, "val_settings": 32,
         # `bf16`: the forwards under bfloat16 autocast (CUDA or CPU), the losses in fp32.
-        # Extended Progressive Shrinking (spec/training.md section 1); lr for a batch of 64.
+        # Extended Progressive Shrinking (the OFAv2 paper's phases); lr for a batch of 64.
         # `aep: true` trains every exit with the AEP loss (DESC weights by default, the NAT2
         # paper's choice for the max networks) and validates each grid setting through the
         # beta-weighted ensemble of its exits; best.pt is the epoch with the best mean ensemble
@@ -91,7 +91,7 @@ DEFAULTS: dict[str, Any] = {
             {"name": "expand2", "expands": "all", "epochs": 120, "warmup_epochs": 5, "lr": 7.5e-3,
              "subnets_per_step": 4, "sort_channels": True},
         ],
-        # NAT2 warm-up on a target dataset (spec/training.md section 3): the max network, then the
+        # NAT2 warm-up on a target dataset (the NAT2 paper): the max network, then the
         # whole space with uniform sampling and KD from it. Epoch counts are our choice.
         "warmup": [
             {"name": "max", "epochs": 25, "warmup_epochs": 5, "lr": 7.5e-3, "weight_decay": 3.0e-4,

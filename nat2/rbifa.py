@@ -1,6 +1,6 @@
 """RB-IFA: the rank-based score (paper eq. 6), the Improved FireFly Algorithm over the NAT2 encoding,
 its Pareto-front variant PF-IFA (paper Algorithm 1), the pseudo-Pareto front over a Wp grid, and the
-rank-based selector over an archive (spec/rbifa.md).
+rank-based selector over an archive (the RB-IFA paper, Nguyen et al., ICAART 2025).
 
 Every metric is a column of "lower is better" values (negate ICD, Synflow, top-1); a search sees
 them only through `metrics(X) -> (perf (n, P), eff (n, E))`, cached by encoding, so the algorithms

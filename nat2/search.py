@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """`search` section of the config (defaults in nat2/config.py, from the spec)."""
+    """`search` section of the config (defaults in nat2/config.py, from the NAT2 paper)."""
 
     objectives: tuple[str, ...] = ("acc", "params")
     archive_size: int = 300

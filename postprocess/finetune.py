@@ -1,4 +1,4 @@
-"""Two-step fine-tuning of a found subnet (spec/training.md section 4), with no test-set leak.
+"""Two-step fine-tuning of a found subnet (the NAT2 paper's post-processing), with no test-set leak.
 
 Step 1 trains on the training split and validates every epoch: it stops early when the
 validation loss has not improved for `patience` epochs and remembers the epoch e with the best
