@@ -88,17 +88,22 @@ class ImageSet(Dataset):
         """`dataset[i]`, `dataset[(i, resolution)]`, or `dataset[(i, resolution, seed)]`: the last
         draws the random transforms from `seed` alone (not from the process's generator)."""
         index, resolution, *seed = item if isinstance(item, tuple) else (item, self.resolution)
-        j = self.indices[index]
-        transform, image = self.transform(resolution), self._image(j)
+        transform, (image, label) = self.transform(resolution), self.raw(index)
         if not seed:
-            return transform(image), int(self.all_labels[j])
+            return transform(image), label
         generator = torch.default_generator  # its own manual_seed: torch.manual_seed costs 50x more
         state = generator.get_state()
         generator.manual_seed(seed[0])
         try:
-            return transform(image), int(self.all_labels[j])
+            return transform(image), label
         finally:
             generator.set_state(state)
+
+    def raw(self, index: int) -> tuple[Image.Image, int]:
+        """The untransformed image at `index` of this view and its label (for callers that apply
+        part of a transform themselves, as the evaluation cache does)."""
+        j = self.indices[index]
+        return self._image(j), int(self.all_labels[j])
 
     def _image(self, j: int) -> Image.Image:
         if isinstance(self.images, np.ndarray):

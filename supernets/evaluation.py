@@ -58,8 +58,8 @@ class _Prepared(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        j = self.dataset.indices[i]
-        return self.prepare(self.dataset._image(j)), int(self.dataset.all_labels[j])
+        image, label = self.dataset.raw(i)
+        return self.prepare(image), label
 
 
 class CachedImages:
