@@ -19,7 +19,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnxruntime
@@ -47,6 +47,24 @@ def load_subnet(folder: str | Path) -> Subnet:
     model = Subnet(**json.loads((folder / "arch.json").read_text()))
     model.load_state_dict(load_file(folder / "weights.safetensors"))
     return model.eval()
+
+
+def read_metadata(folder: str | Path) -> dict[str, Any] | None:
+    """The metadata of the export in `folder`, or None when `folder` holds no export."""
+    path = Path(folder) / "metadata.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def exit_logits(folder: str | Path, fmt: str = "torch") -> Callable[[torch.Tensor], list[torch.Tensor]]:
+    """A function image batch -> per-exit logits through one format of an export: "torch" (the
+    rebuilt module), "pt2" (the exported program) or "onnx" (onnxruntime on the CPU)."""
+    folder = Path(folder)
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: [torch.from_numpy(z) for z in session.run(None, {name: x.numpy()})]
+    model = load_subnet(folder) if fmt == "torch" else torch.export.load(folder / "model.pt2").module()
+    return lambda x: list(as_exits(model(x)))
 
 
 def _outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:

@@ -32,6 +32,7 @@ from supernets.arch import Architecture
 from supernets.checkpoint import atomic_save, load_checkpoint
 from supernets.data import ImageSet, Splits, make_loader
 from supernets.evaluation import EvalData
+from supernets.settings import check_fields
 from supernets.subnet import Subnet
 
 log = logging.getLogger(__name__)
@@ -65,17 +66,11 @@ class FinetuneOptions:
     eval_cache_mb: float | None = 2048
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "patience", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"finetune.{name} = {value!r}; expected a positive integer")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"finetune.optimizer = {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if self.aep_scheme not in SCHEMES:
-            raise ValueError(f"finetune.aep_scheme = {self.aep_scheme!r}; expected one of {', '.join(SCHEMES)}")
-        if not (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.label_smoothing < 1):
-            raise ValueError(f"finetune: expected lr > 0, weight_decay >= 0, 0 <= label_smoothing < 1; got "
-                             f"{self.lr}, {self.weight_decay}, {self.label_smoothing}")
+        check_fields(self, "finetune", integers={"seed": 0, "num_workers": 0}
+                     | dict.fromkeys(("epochs", "patience", "batch_size", "eval_batch_size"), 1),
+                     numbers={"weight_decay": (0, math.inf), "momentum": (0, 1), "eval_cache_mb": (0, math.inf)},
+                     positive=("lr",), fractions=("label_smoothing",), nullable=("eval_cache_mb",),
+                     choices={"optimizer": OPTIMIZERS, "aep_scheme": SCHEMES})
 
 
 def at_resolution(dataset: Dataset, resolution: int) -> Dataset:
@@ -282,3 +277,16 @@ def two_step(build: Callable[[], nn.Module], splits: Splits, resolution: int, op
               "val_top1_before": val_before["top1"], "best_epoch": e, "step1_epochs": len(history),
               "val_top1_step1": history[e - 1]["val_top1"], "step2_epochs": len(trained), "test_top1": test["top1"]}
     return result, model
+
+
+def save_finetuned(model: Subnet, path: str | Path) -> None:
+    """The fine-tuned model as its Subnet config and weights (what `load_finetuned` rebuilds)."""
+    atomic_save({"config": model.config, "model": model.state_dict()}, path)
+
+
+def load_finetuned(path: str | Path) -> Subnet:
+    """A model written by `save_finetuned` (CPU, eval mode)."""
+    state = load_checkpoint(path)
+    model = Subnet(**state["config"])
+    model.load_state_dict(state["model"])
+    return model.eval()

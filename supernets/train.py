@@ -34,13 +34,14 @@ from tqdm import tqdm
 
 from .aep import SCHEMES, aep_loss, aep_weights, as_exits
 from .arch import Architecture
-from .checkpoint import FORMAT, atomic_save, check_meta, load_checkpoint, supernet_meta
+from .checkpoint import FORMAT, atomic_save, atomic_write, check_meta, load_checkpoint, supernet_meta
 from .data import Splits
 from .evaluation import EvalData, subnet_top1
 from .distributed import (DROPOUT, LOADER, SUBNETS, VALIDATION, Dist, ResolutionBatchSampler, all_reduce_sum,
                           step_seed)
 from .kd import TEACHER_BN_MODES, ResolutionTeacher, freeze, kd_loss, teacher_logits
 from .phases import Phase, validation_grid
+from .settings import check_fields
 from .supernet import Supernet
 
 log = logging.getLogger(__name__)
@@ -81,23 +82,14 @@ class TrainOptions:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "reference_batch", "val_every", "val_settings", "eval_batch_size",
-                     "calibration_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} = {value!r}; expected a positive integer")
-        if self.val_images is not None and (isinstance(self.val_images, bool) or not isinstance(self.val_images, int)
-                                            or self.val_images < 1):
-            raise ValueError(f"val_images = {self.val_images!r}; expected a positive integer or null (all)")
-        if self.eval_cache_mb is not None and not self.eval_cache_mb >= 0:
-            raise ValueError(f"eval_cache_mb = {self.eval_cache_mb!r}; expected a size in MB >= 0 or null (no limit)")
-        if self.teacher_bn not in TEACHER_BN_MODES:
-            raise ValueError(f"teacher_bn = {self.teacher_bn!r}; expected one of {', '.join(TEACHER_BN_MODES)}")
-        if self.aep_scheme not in SCHEMES:
-            raise ValueError(f"aep_scheme = {self.aep_scheme!r}; expected one of {', '.join(SCHEMES)}")
-        if self.kd_temperature <= 0 or self.kd_ratio < 0 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("expected kd_temperature > 0, kd_ratio >= 0 and 0 <= label_smoothing < 1; got "
-                             f"{self.kd_temperature}, {self.kd_ratio}, {self.label_smoothing}")
+        check_fields(self, integers=dict.fromkeys(("batch_size", "reference_batch", "val_every", "val_settings",
+                                                   "eval_batch_size", "calibration_batch", "val_images"), 1)
+                     | {"num_workers": 0, "seed": 0},
+                     numbers=dict.fromkeys(("eval_cache_mb", "kd_ratio", "weight_decay"), (0, math.inf))
+                     | {"momentum": (0, 1)}, positive=("kd_temperature", "grad_clip"), fractions=("label_smoothing",),
+                     choices={"teacher_bn": TEACHER_BN_MODES, "aep_scheme": SCHEMES},
+                     flags=("nesterov", "bf16", "eval_bf16"),
+                     nullable=("val_images", "eval_cache_mb", "eval_bf16", "grad_clip"))
 
 
 def build_teacher(supernet: Supernet, splits: Splits, options: TrainOptions, device: torch.device) -> nn.Module:
@@ -163,9 +155,8 @@ class _Metrics:
         out = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
         out.writeheader()
         out.writerows(history)
-        tmp = self.path.with_suffix(".csv.tmp")
-        tmp.write_text(buf.getvalue())
-        tmp.replace(self.path)
+        with atomic_write(self.path, "w") as f:
+            f.write(buf.getvalue())
         if self.writer is not None:
             row = history[-1]
             for key, value in row.items():
