@@ -9,6 +9,8 @@ the popcount-grouped order [1, 2, 4, 3, 5, 6, 7]; narrow spaces (key 4 only) giv
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from supernets import Architecture, Block, Space
@@ -21,6 +23,11 @@ N_GENES = N_STAGES * BLOCKS_PER_STAGE
 
 class EncodingError(ValueError):
     """An integer encoding has the wrong length, a non-integer or an out-of-range gene."""
+
+
+def encoding_key(encoding: Iterable[int]) -> tuple[int, ...]:
+    """An encoding as a hashable key (caches, archives and metric stores are keyed by it)."""
+    return tuple(int(g) for g in encoding)
 
 
 class SearchSpace:

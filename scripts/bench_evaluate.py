@@ -34,10 +34,8 @@ import numpy as np
 import torch
 from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics
 
-from nat2.config import load_config
-from nat2.factory import build_space, build_supernets
-from nat2.train import train_options
-from supernets import load_splits, recalibrate_bn
+from nat2.app.config import Config, load_config
+from supernets import recalibrate_bn
 from supernets.distributed import Dist
 from supernets.evaluation import EvalData, count_correct, fixed_loader, subnet_top1
 from supernets.phases import parse_phases, validation_grid
@@ -70,10 +68,10 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def evaluation(config: dict, splits: Any, device: torch.device, args: argparse.Namespace) -> dict:
-    space = build_space(config)
-    supernets = {w: s.to(device) for w, s in build_supernets(config, space, splits.n_classes).items()}
-    batch, calib_batch = config["train"]["eval_batch_size"], config["train"]["calibration_batch"]
+def evaluation(config: Config, splits: Any, device: torch.device, args: argparse.Namespace) -> dict:
+    space = config.supernet.search_space()
+    supernets = {w: s.to(device) for w, s in config.supernet.build(space, splits.n_classes).items()}
+    batch, calib_batch = config.train.eval_batch_size, config.train.calibration_batch
     streaming = EvalData(splits, device, budget_mb=0, num_workers=args.workers)
     cached = EvalData(splits, device, num_workers=args.workers)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -125,12 +123,12 @@ def evaluation(config: dict, splits: Any, device: torch.device, args: argparse.N
     return out
 
 
-def training(config: dict, splits: Any, device: torch.device, args: argparse.Namespace) -> dict:
-    space = build_space(config)
-    net = build_supernets(config, space, splits.n_classes)[1.0].to(device)
-    options = replace(train_options(config), num_workers=args.workers, val_every=10 ** 6,
+def training(config: Config, splits: Any, device: torch.device, args: argparse.Namespace) -> dict:
+    space = config.supernet.search_space()
+    net = config.supernet.build(space, splits.n_classes)[1.0].to(device)
+    options = replace(config.train.options, num_workers=args.workers, val_every=10 ** 6,
                       bf16=device.type == "cuda")   # CPU bf16 autocast is slow without bf16 units
-    phase = parse_phases(config["train"]["warmup"], net.space, parallel=True, early_exits=True)[1]
+    phase = parse_phases(config.train.warmup, net.space, parallel=True, early_exits=True)[1]
     sliced = replace(splits, train=splits.train.subset(np.arange(args.train_slice)))
     t = time.perf_counter()
     teacher = build_teacher(net, splits, options, device)
@@ -140,7 +138,7 @@ def training(config: dict, splits: Any, device: torch.device, args: argparse.Nam
     t = time.perf_counter()
     trainer.run(until=1)
     train_s = time.perf_counter() - t
-    preset = train_options(config)
+    preset = config.train.options
     grid = validation_grid(phase.space, preset.val_settings)
     subset = validation_subset(len(splits.val), preset)
     t = time.perf_counter()
@@ -181,8 +179,7 @@ def main() -> None:
         write_cifar10(Path(tmp))
         overrides = [f"data.root={tmp}"] + ([f"data.calibration_size={args.calibration}"] if args.calibration else [])
         config = load_config(PRESET, overrides)
-        data = config["data"]
-        splits = load_splits(data["name"], data["root"], seed=data["seed"], calibration_size=data["calibration_size"])
+        splits = config.data.load()
         result: dict = {"setup": {"preset": str(PRESET), "device": str(device), "threads": torch.get_num_threads(),
                                   "workers": args.workers, "torch": torch.__version__, "cpu": platform.processor()
                                   or platform.machine(), "dataset_write_and_load_s": round(time.perf_counter() - t, 1)}}

@@ -9,7 +9,7 @@
     NSGA-II: the non-dominated members of its final population) is scored by the hypervolume of
     its 2-D projection on (-ICD, MACs), normalised by FIXED bounds: MACs from the min and max
     encodings (the exact extremes of the space), ICD from `--reference` random encodings scored
-    before any search; reference point = nadir + 10 % of the range (nat2.archive.reference_point).
+    before any search; reference point = nadir + 10 % of the range (nat2.search.archive.reference_point).
 (b) Spearman rho with validation top-1 of `--subnets` random subnets inherited from the same
     checkpoint: ICD, log10 Synflow, MACs and the RB score (negated, so positive = agrees) at each
     Wp of the grid, ranks taken over the sample.
@@ -38,14 +38,13 @@ from pymoo.optimize import minimize
 from pymoo.termination.max_time import TimeBasedTermination
 from scipy.stats import spearmanr
 
-from nat2.archive import hypervolume, reference_point
-from nat2.candidates import EncodingRepair
-from nat2.config import load_config
-from nat2.evaluate import Evaluator
-from nat2.factory import build_space, build_supernets
-from nat2.rbifa import IFASettings, MetricCache, non_dominated, parse_wps, pf_ifa, pseudo_front, rank_score
+from nat2.search.archive import hypervolume, reference_point
+from nat2.search.candidates import EncodingRepair
+from nat2.app.config import load_config
+from nat2.search.evaluate import Evaluator
+from nat2.rbifa.ifa import IFASettings, MetricCache, non_dominated, parse_wps, pf_ifa, pseudo_front, rank_score
 from nat2.space import SearchSpace
-from nat2.tf_search import TrainingFreeMetrics
+from nat2.rbifa.training_free import TrainingFreeMetrics
 from supernets import Splits, Supernet, load_splits
 from supernets.checkpoint import load_checkpoint
 
@@ -138,10 +137,10 @@ def load(args: argparse.Namespace) -> tuple[SearchSpace, Splits, dict[float, Sup
         raise SystemExit(f"no supernet checkpoint at {args.checkpoint}; train one with "
                          f"`nat2 train-supernet {CONFIG}` or pass --checkpoint")
     config = load_config(args.config)
-    data = config["data"]
-    splits = load_splits(data["name"], data["root"], seed=data["seed"], calibration_size=args.calibration_size)
-    space = build_space(config)
-    supernets = build_supernets(config, space, splits.n_classes)
+    data = config.data
+    splits = load_splits(data.name, data.root, seed=data.seed, calibration_size=args.calibration_size)
+    space = config.supernet.search_space()
+    supernets = config.supernet.build(space, splits.n_classes)
     if len(supernets) != 1:
         raise SystemExit(f"{args.config} has widths {sorted(supernets)}; the benchmark loads one checkpoint, "
                          "expected one width")

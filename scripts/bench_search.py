@@ -25,32 +25,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nat2.archive import Archive, hypervolume, objective_matrix
-from nat2.candidates import choose_candidates, generate
-from nat2.cli import main as nat2_main
-from nat2.config import load_config
-from nat2.evaluate import Evaluator
-from nat2.factory import build_space, build_supernets
-from nat2.search import Search, SearchSettings
+from nat2.search.archive import Archive, hypervolume, objective_matrix
+from nat2.search.candidates import choose_candidates, generate
+from nat2.app.cli import main as nat2_main
+from nat2.app.config import Config, load_config
+from nat2.app.rundir import RunDir
+from nat2.search.evaluate import Evaluator
+from nat2.search.loop import Search, SearchSettings
 from predictors import PREDICTORS, correlation_report, make_predictor
-from supernets import load_splits
 from supernets.checkpoint import load_checkpoint
 
 CONFIG = Path("configs/bench-digits.yaml")
 OBJECTIVES = ("acc", "params")
 
 
-def load_evaluator(config: dict) -> tuple[Evaluator, int]:
-    run = Path(config["run"]["dir"])
-    best = run / "supernet" / "w1.0" / "all" / "best.pt"
+def load_evaluator(config: Config) -> tuple[Evaluator, int]:
+    run = RunDir(config.run.dir)
+    best = run.phase_checkpoint(1.0, "all")
     if not best.exists():
-        resume = ["--resume"] if (run / "supernet").exists() else []
+        resume = ["--resume"] if run.stage("supernet").exists() else []
         if nat2_main(["train-supernet", str(CONFIG), *resume]) != 0:
             raise SystemExit(f"training the benchmark supernet in {run} failed")
-    data = config["data"]
-    splits = load_splits(data["name"], seed=data["seed"], calibration_size=data["calibration_size"])
-    space = build_space(config)
-    supernets = build_supernets(config, space, splits.n_classes)
+    splits = config.data.load()
+    space = config.supernet.search_space()
+    supernets = config.supernet.build(space, splits.n_classes)
     supernets[1.0].load_state_dict(load_checkpoint(best)["model"])
     return Evaluator(space, supernets, splits, splits.n_classes), splits.n_classes
 
@@ -85,7 +83,7 @@ def main() -> None:
     config = load_config(CONFIG)
     evaluator, n_classes = load_evaluator(config)
     space = evaluator.space
-    cache = Path(config["run"]["dir"]) / "bench" / "evaluations.jsonl"
+    cache = Path(config.run.dir) / "bench" / "evaluations.jsonl"
     result: dict = {"setup": {"config": str(CONFIG), "threads": torch.get_num_threads(), "torch": torch.__version__}}
 
     t = time.perf_counter()
@@ -107,14 +105,14 @@ def main() -> None:
     size, multiplier, iterations, k = (12, 2, 2, 4) if args.quick else (50, 4, 6, 10)
     hv = []
     for seed in range(args.seeds):
-        out = Path(config["run"]["dir"]) / "bench" / f"nat2_seed{seed}"
+        out = RunDir(Path(config.run.dir) / "bench" / f"nat2_seed{seed}").search
         settings = SearchSettings(objectives=OBJECTIVES, archive_size=size, multiplier=multiplier,
                                   iterations=iterations, candidates=k, seed=seed, knees=0)
         shared = SharedCacheEvaluator(evaluator, cache)
         search = Search(space, shared, settings, n_classes, out)
         search.run()
         evaluated = [r for i in range(iterations + 1)
-                     for r in _jsonl(out / f"iter_{i}" / ("evaluated.jsonl" if i == 0 else "candidates.jsonl"))]
+                     for r in _jsonl(out.evaluations(i, "evaluated" if i == 0 else "candidates"))]
         ref, ideal = (np.array(search.state[key]) for key in ("reference_point", "ideal"))
         rng = np.random.default_rng(1000 + seed)
         random_X = space.sample(rng, len(evaluated))

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from test_archive import SPACES, make_archive, record
 
-import nat2.adapt as adapt_module
-from nat2.adapt import ArchiveSampler, adapt, better_half
-from nat2.archive import survive
-from nat2.config import DEFAULTS
-from nat2.distribution import ArchiveDistribution
+import nat2.search.adaptation as adapt_module
+from nat2.search.adaptation import AdaptSettings, ArchiveSampler, adapt, better_half
+from nat2.search.archive import survive
+from nat2.search.distribution import ArchiveDistribution
 from supernets.arch import BLOCKS_PER_STAGE, N_STAGES
 from supernets.train import TrainOptions
 
@@ -120,7 +119,7 @@ def test_adapt_fits_the_sampler_on_the_survivors_of_the_archive(monkeypatch, tmp
     monkeypatch.setattr(adapt_module, "PhaseTrainer", FakeTrainer)
     supernets = {w: SimpleNamespace(space=SPACE.space, dropout=0.1) for w in SPACE.space.widths}
     adapt(supernets, {w: None for w in supernets}, SPACE, archive, None, TrainOptions(),
-          DEFAULTS["search"]["adapt"], 1, 2, tmp_path)
+          AdaptSettings(), 1, 2, {w: tmp_path / str(w) for w in supernets})
     (X,) = fitted
     expected = archive.X[survive(archive.F, 15)]
     assert {tuple(x) for x in X.tolist()} == {tuple(x) for x in expected.tolist()}

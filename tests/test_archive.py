@@ -4,17 +4,16 @@ import numpy as np
 import pytest
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from nat2.archive import (Archive, ArchiveError, hypervolume, initial_archive, objective_matrix, reference_point,
+from nat2.search.archive import (Archive, ArchiveError, hypervolume, initial_archive, objective_matrix, reference_point,
                           survive)
-from nat2.config import load_config
-from nat2.factory import build_space
-from nat2.search import warm_start_encodings
+from nat2.app.config import load_config
+from nat2.search.loop import warm_start_encodings
 from nat2.space import SearchSpace
 
 SPACES = {
-    "narrow": build_space(load_config(None)),
-    "parallel-ee": build_space(load_config(None, ["supernet.parallel=true", "supernet.early_exits=true",
-                                                  "supernet.resolutions=[32, 40]"])),
+    "narrow": load_config(None).supernet.search_space(),
+    "parallel-ee": load_config(None, ["supernet.parallel=true", "supernet.early_exits=true",
+                                 "supernet.resolutions=[32, 40]"]).supernet.search_space(),
 }
 N_CLASSES = 10
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from test_archive import N_CLASSES, SPACES, FakePredictor, evaluator
 
-import nat2.candidates as candidates
-from nat2.archive import hypervolume, initial_archive, reference_point
-from nat2.candidates import EncodingRepair, SurrogateProblem, choose_candidates, generate, select_subset
+import nat2.search.candidates as candidates
+from nat2.search.archive import hypervolume, initial_archive, reference_point
+from nat2.search.candidates import EncodingRepair, SurrogateProblem, choose_candidates, generate, select_subset
 
 OBJECTIVES = [("acc", "params", "macs"), ("acc", "macs"), ("acc",)]
 

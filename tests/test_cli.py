@@ -1,19 +1,22 @@
 import re
+from pathlib import Path
 
 import pytest
 
-from nat2.cli import main
-from nat2.config import ConfigError, load_config
+from nat2.app.cli import main
+from nat2.app.config import Config, ConfigError, defaults_yaml, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_and_defaults(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("supernet:\n  parallel: true\n")
     config = load_config(path, ["sample.n=3", "supernet.resolutions=[16, 24]"])
-    assert config["supernet"]["parallel"] is True
-    assert config["sample"]["n"] == 3
-    assert config["supernet"]["resolutions"] == [16, 24]
-    assert config["data"]["name"] == "digits"
+    assert config.supernet.parallel is True
+    assert config.sample.n == 3
+    assert config.supernet.resolutions == [16, 24]
+    assert config.data.name == "digits"
 
 
 @pytest.mark.parametrize("text, overrides, message", [
@@ -29,6 +32,36 @@ def test_bad_configs_raise_a_clear_error(tmp_path, text, overrides, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(path, overrides)
+
+
+def test_defaults_file_lists_every_default():
+    text = (ROOT / "configs" / "defaults.yaml").read_text()
+    assert text == defaults_yaml(), ("configs/defaults.yaml is stale; regenerate it with python -c "
+                                     "\"from nat2.app.config import defaults_yaml; print(defaults_yaml(), end='')\"")
+    assert load_config(ROOT / "configs" / "defaults.yaml") == Config() == load_config(None)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.name=mnist", "data.name"), ("data.calibration_size=0", "data.calibration_size"),
+    ("supernet.dense=maybe", "supernet.dense"), ("supernet.depths=[2, 4]", "supernet"),
+    ("sample.n=0", "sample.n"), ("run.dir=null", None),
+    ("search.candidates=0", "search.candidates"), ("search.adapt.epochs=-1", "search.adapt.epochs"),
+    ("search.adapt.lr=fast", "search.adapt.lr"), ("select.method=best", "select.method"),
+    ("select.wp=1.5", "select.wp"), ("finetune.variants=[fancy]", "finetune.variants"),
+    ("finetune.epochs=0", "finetune.epochs"), ("export.tolerance=-1", "export.tolerance"),
+    ("rbifa.init=pretrained", "rbifa.init"), ("rbifa.wp=[2]", "rbifa.wp"), ("rbifa.gamma=-1", "rbifa.gamma"),
+    ("train.schedule=cosine", "train.schedule"), ("train.device=tpu", "train.device"),
+    ("train.batch_size=0", "batch_size"), ("train.eps=[{name: x, epochs: 0}]", "train.eps"),
+])
+def test_run_rejects_a_bad_value_of_any_section_before_it_starts(tmp_path, capsys, override, key):
+    """Every section is checked when the config loads: nothing is written for a bad value."""
+    run = tmp_path / "run"
+    code = main(["run", str(ROOT / "configs" / "demo.yaml"), "--set", f"run.dir={run}", "--set", override,
+                 "--set", "train.eps=[]" if key is None else "sample.n=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("nat2: error: ") and err.count("\n") == 1
+    assert (key or "train.eps") in err
+    assert not run.exists()
 
 
 def test_missing_config_file(tmp_path):

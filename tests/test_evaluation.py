@@ -7,7 +7,7 @@ import torch
 from supernets import ImageSet, Supernet, default_space, load_splits
 from supernets.evaluation import EvalData, count_correct, split_transform, subnet_top1
 from supernets.phases import parse_phases
-from supernets.train import PhaseTrainer, TrainOptions, train_supernet, validation_subset
+from supernets.train import TrainOptions, train_supernet, validation_subset
 import supernets.train as train_module
 
 CPU = torch.device("cpu")

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import nat2.export_command as export_command
-from nat2.cli import main
-from nat2.evaluate import Evaluator
+import nat2.app.stages.export as export_command
+from nat2.app.cli import main
+from nat2.search.evaluate import Evaluator
 from postprocess.finetune import Finetuner
 from supernets.train import PhaseTrainer
 

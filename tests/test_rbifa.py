@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from nat2 import rbifa
-from nat2.config import ConfigError, load_config
-from nat2.rbifa import (IFASettings, MetricCache, _genetic, _move, column_ranks, front_index, non_dominated,
-                        parse_wps, pf_ifa, pseudo_front, rank_score, rb_ifa, rb_scores, rb_select, rbifa_settings,
-                        state_file)
+from nat2.app.config import ConfigError, load_config
+from nat2.app.rundir import RunDir
+from nat2.app.stages.search import training_free_table
+from nat2.rbifa import ifa as rbifa
+from nat2.rbifa.ifa import (IFASettings, MetricCache, _genetic, _move, column_ranks, front_index, non_dominated,
+                            parse_wps, pf_ifa, pseudo_front, rank_score, rb_ifa, rb_scores, rb_select)
+from nat2.rbifa.training_free import TrainingFreeMetrics, training_free_search
 from nat2.space import SearchSpace
-from nat2.stage import Stage
-from nat2.tf_search import format_tf_table, run_tf_search
 from supernets import Space, Supernet, load_splits
 from supernets.arch import BRANCH_KEYS
-from supernets.distributed import Dist
 
 SPACES = {
     "narrow": SearchSpace(Space(resolutions=(24, 28, 32), widths=(1.0, 1.2))),
@@ -275,21 +274,22 @@ def test_resume_refuses_other_settings(tmp_path):
 def test_pseudo_front_is_the_non_dominated_union_of_the_bests(tmp_path):
     space = SPACES["narrow"]
     calls = []
-    found = pseudo_front(space, cost_metrics(space, calls), [0.2, 1.0], SMALL, tmp_path)
+    files = RunDir(tmp_path).tfsearch
+    found = pseudo_front(space, cost_metrics(space, calls), [0.2, 1.0], SMALL, files.state)
     assert len(calls) == len(set(calls))  # one cache across the Wp grid
     union = {tuple(x) for r in found.runs.values() for x in r.X}
     assert {tuple(x) for x in found.X} <= union
     F = np.hstack([found.perf, found.eff])
     assert len(non_dominated(F)) == len(F)
-    assert state_file(tmp_path, 0.2).is_file() and state_file(tmp_path, 1.0).is_file()
+    assert files.state(0.2).is_file() and files.state(1.0).is_file()
 
 
 def test_settings_from_config_and_their_errors():
     config = load_config(None, ["rbifa.population=7", "rbifa.gamma=0.3"])
-    assert rbifa_settings(config) == IFASettings(population=7, gamma=0.3)
+    assert config.rbifa.settings == IFASettings(population=7, gamma=0.3)
     for bad in ("rbifa.population=1", "rbifa.beta0=1.5", "rbifa.alpha=-1", "rbifa.max_chances=0"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
-            rbifa_settings(load_config(None, [bad]))
+            load_config(None, [bad])
 
 
 # -- the selector ----------------------------------------------------------------------------
@@ -329,52 +329,55 @@ def test_rb_select_rejects_bad_keys():
         rb_select(RECORDS, -0.5)
 
 
-# -- the training-free search stage ----------------------------------------------------------
+# -- the training-free search -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_stage(tmp_path_factory):
+def tiny():
     splits = load_splits("synthetic", calibration_size=8, n_train=40, n_val=10, n_test=10)
     space = SearchSpace(Space(resolutions=(12, 16), widths=(1.0,), depths=(2, 3)))
-    return Stage(Dist(), tmp_path_factory.mktemp("run"), splits, space)
+    return splits, space
 
 
-def _tf_config(**rbifa):
-    config = load_config(None)
-    config["supernet"].update(resolutions=[12, 16], widths=[1.0], depths=[2, 3])
-    config["train"]["calibration_batch"] = 8
-    config["rbifa"].update({"population": 4, "generations": 2, "max_chances": 1, "batch_size": 6, "init": "fresh",
-                            "warm_start": True, **rbifa})
-    return config
+SETTINGS = IFASettings(population=4, generations=2, max_chances=1)
 
 
-def test_tf_search_writes_its_files_and_resumes(tiny_stage, tmp_path):
-    config = _tf_config()
-    rows = run_tf_search(config, tiny_stage, None, "rbifa", [0.0, 1.0], tmp_path / "tf")
-    out = tmp_path / "tf"
-    for name in ("result.json", "front.png", "metrics.jsonl", "warm_start.json", "state_wp0.json", "state_wp1.json"):
-        assert (out / name).is_file(), name
-    result = json.loads((out / "result.json").read_text())
+def _scorer(tiny, files, supernets=None, init="fresh", batch_size=6):
+    splits, space = tiny
+    return TrainingFreeMetrics(space, splits, supernets=supernets, init=init, batch_size=batch_size,
+                               calibration_batch=8, cache_path=files.metrics)
+
+
+def test_tf_search_writes_its_files_and_resumes(tiny, tmp_path):
+    space, files = tiny[1], RunDir(tmp_path).tfsearch
+    rows = training_free_search(space, _scorer(tiny, files), SETTINGS, files, "rbifa", [0.0, 1.0], warm_start=True)
+    for path in (files.result, files.front_plot, files.metrics, files.warm_start, files.state(0.0), files.state(1.0)):
+        assert path.is_file(), path
+    result = json.loads(files.result.read_text())
     assert result["chosen"] == rows and [r["wp"] for r in rows] == [0.0, 1.0]
     for row in rows + result["front"]:
         assert set(row) >= {"encoding", "arch", "arch_str", "icd", "synflow", "macs", "params"}
-        assert tiny_stage.space.is_canonical(np.array(row["encoding"]))
+        assert space.is_canonical(np.array(row["encoding"]))
     assert rows[0]["macs"] <= rows[1]["macs"]
-    warm = json.loads((out / "warm_start.json").read_text())
+    warm = json.loads(files.warm_start.read_text())
     assert [r["encoding"] for r in rows][0] in warm
-    scored = (out / "metrics.jsonl").read_text()
-    assert run_tf_search(config, tiny_stage, None, "rbifa", [0.0, 1.0], tmp_path / "tf") == rows
-    assert (out / "metrics.jsonl").read_text() == scored  # resumed: nothing scored again
-    assert "tf_01" in format_tf_table(rows)
+    scored = files.metrics.read_text()
+    again = training_free_search(space, _scorer(tiny, files), SETTINGS, files, "rbifa", [0.0, 1.0], warm_start=True)
+    assert again == rows
+    assert files.metrics.read_text() == scored  # resumed: nothing scored again
+    assert "tf_01" in training_free_table(rows)
 
 
-def test_tf_search_with_inherited_weights_and_pfifa(tiny_stage, tmp_path):
-    supernet = Supernet(tiny_stage.splits.n_classes, 1.0, space=tiny_stage.space.space)
-    config = _tf_config(init="inherited", warm_start=False)
-    rows = run_tf_search(config, tiny_stage, {1.0: supernet}, "pfifa", 0.5, tmp_path / "pf")
+def test_tf_search_with_inherited_weights_and_pfifa(tiny, tmp_path):
+    (splits, space), files = tiny, RunDir(tmp_path).tfsearch
+    supernet = Supernet(splits.n_classes, 1.0, space=space.space)
+    scorer = _scorer(tiny, files, {1.0: supernet}, init="inherited")
+    rows = training_free_search(space, scorer, SETTINGS, files, "pfifa", 0.5)
     assert len(rows) == 1 and rows[0]["wp"] == 0.5
-    assert (tmp_path / "pf" / "state_pfifa.json").is_file() and not (tmp_path / "pf" / "warm_start.json").exists()
-    with pytest.raises(ConfigError, match="needs the trained supernets"):
-        run_tf_search(config, tiny_stage, None, "pfifa", 0.5, tmp_path / "x")
-    with pytest.raises(ConfigError, match="strategy"):
-        run_tf_search(config, tiny_stage, None, "nsga2", 0.5, tmp_path / "x")
+    assert files.state(None).is_file() and not files.warm_start.exists()
+    with pytest.raises(ValueError, match="needs the trained supernets"):
+        _scorer(tiny, files, init="inherited")
+    with pytest.raises(ValueError, match="strategy"):
+        training_free_search(space, scorer, SETTINGS, files, "nsga2", 0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        _scorer(tiny, files, batch_size=1)
     with pytest.raises(ConfigError, match="batch_size"):
-        run_tf_search(_tf_config(batch_size=1), tiny_stage, None, "rbifa", 0.5, tmp_path / "x")
+        load_config(None, ["rbifa.batch_size=1"])

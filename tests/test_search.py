@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from pymoo.mcdm.high_tradeoff import HighTradeoffPoints
 
-import nat2.stage as stage
-from nat2.cli import main
-from nat2.evaluate import Evaluator
-from nat2.search import Search, SearchSettings, high_tradeoff_points, tradeoffs
+import nat2.app.config as config_module
+from nat2.app.cli import main
+from nat2.search.evaluate import Evaluator
+from nat2.search.loop import Search, SearchSettings, high_tradeoff_points, tradeoffs
 from supernets.train import PhaseTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_resume_after_a_kill_equals_the_uninterrupted_search(where, trained, ref
 
 def test_the_test_split_is_read_only_by_the_final_report(trained, tmp_path, monkeypatch):
     events = []
-    real_load = stage.load_splits
+    real_load = config_module.load_splits
 
     def spied(*args, **kwargs):
         splits = real_load(*args, **kwargs)
@@ -131,7 +131,7 @@ def test_the_test_split_is_read_only_by_the_final_report(trained, tmp_path, monk
                 return super().__getitem__(item)
         spy = Spy(test.images, test.all_labels, test.transform_factory, test.resolution, test.indices)
         return dataclasses.replace(splits, test=spy)
-    monkeypatch.setattr(stage, "load_splits", spied)
+    monkeypatch.setattr(config_module, "load_splits", spied)
     final = Search.final
 
     def marked(self, archive):

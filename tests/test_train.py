@@ -9,7 +9,7 @@ import pytest
 import torch
 from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
 
-from nat2.config import DEFAULTS
+from nat2.app.config import EPS_PHASES
 from supernets import CheckpointError, Supernet, load_splits, recalibrate_bn
 from supernets.aep import aep_loss, aep_weights, as_exits, ensemble_logits
 from supernets.checkpoint import atomic_save, load_checkpoint, load_source
@@ -44,7 +44,7 @@ def _supernet(variant=(False, False, False), resolutions=(16,), seed=0):
 
 def _table(epochs=1, warmup=0):
     """The default EPS table with every phase shortened to `epochs` (+ `warmup`)."""
-    table = copy.deepcopy(DEFAULTS["train"]["eps"])
+    table = copy.deepcopy(list(EPS_PHASES))
     for row in table:
         row["epochs"] = epochs
         row["warmup_epochs"] = warmup
@@ -133,7 +133,7 @@ def test_freeze_turns_off_gradients_and_keeps_bn_statistics():
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
 def test_default_eps_table_follows_the_spec(variant):
     net = _supernet(variant)
-    phases = _phases(net, DEFAULTS["train"]["eps"])
+    phases = _phases(net, EPS_PHASES)
     names = [p.name for p in phases]
     expected = (["full", "kernel"] + (["level1", "level2"] if variant[1] else [])
                 + (["exit1", "exit2", "exit3", "exit4"] if variant[2] else [])

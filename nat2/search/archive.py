@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,8 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 from pymoo.util.reference_direction import get_partition_closest_to_points
 
-from .space import EncodingError, SearchSpace
+from ..files import write_json
+from ..space import EncodingError, SearchSpace, encoding_key
 
 OBJECTIVES = ("acc", "params", "macs")
 FORMAT = "nat2-archive"
@@ -81,10 +80,6 @@ def unique_rows(X: np.ndarray) -> np.ndarray:
     return np.sort(first)
 
 
-def _key(encoding: Iterable[int]) -> tuple[int, ...]:
-    return tuple(int(v) for v in encoding)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
         and math.isfinite(value)
@@ -130,7 +125,7 @@ class Archive:
             raise ValueError(f"archive size must be a positive integer; got {size!r}")
         self.size = size
         self.objectives = check_objectives(objectives)
-        self.pinned = [list(_key(p)) for p in pinned]
+        self.pinned = [list(encoding_key(p)) for p in pinned]
         self.records: list[Record] = []
         self._keys: set[tuple[int, ...]] = set()
 
@@ -138,14 +133,14 @@ class Archive:
         return len(self.records)
 
     def contains(self, encoding: Iterable[int]) -> bool:
-        return _key(encoding) in self._keys
+        return encoding_key(encoding) in self._keys
 
     def add(self, records: Iterable[Record], space: SearchSpace | None = None) -> list[Record]:
         """Append the records whose encodings are new; returns those (checked, encodings as lists)."""
         added = []
         for i, record in enumerate(records):
             record = _check_record(record, f"record {i}", space)
-            key = _key(record["encoding"])
+            key = encoding_key(record["encoding"])
             if key not in self._keys:
                 self._keys.add(key)
                 self.records.append(record)
@@ -154,12 +149,12 @@ class Archive:
 
     def shrink(self, seed: int = 0) -> None:
         """Keep `size` records: the pinned ones plus the survivors of the others."""
-        pinned = {_key(p) for p in self.pinned}
-        is_pinned = np.array([_key(r["encoding"]) in pinned for r in self.records], dtype=bool)
+        pinned = {encoding_key(p) for p in self.pinned}
+        is_pinned = np.array([encoding_key(r["encoding"]) in pinned for r in self.records], dtype=bool)
         rest = np.flatnonzero(~is_pinned)
         chosen = rest[survive(self.F[rest], self.size - int(is_pinned.sum()), seed)]
         self.records = [self.records[i] for i in np.sort(np.concatenate([np.flatnonzero(is_pinned), chosen]))]
-        self._keys = {_key(r["encoding"]) for r in self.records}
+        self._keys = {encoding_key(r["encoding"]) for r in self.records}
 
     def front(self) -> list[Record]:
         """The non-dominated records under the archive's objectives."""
@@ -201,20 +196,8 @@ class Archive:
         return archive
 
     def save(self, path: str | Path) -> None:
-        """Write the JSON atomically: a temp file beside `path`, renamed over it, so a kill mid-write
-        leaves the previous archive intact."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write the JSON atomically, so a kill mid-write leaves the previous archive intact."""
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> Archive:

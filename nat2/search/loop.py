@@ -1,13 +1,14 @@
 """The NAT2 loop: archive -> predictor -> NSGA-II -> K candidates -> evaluation -> archive update ->
 supernet adaptation -> re-evaluation, resumable at every step.
 
-    search/state.json                  objectives, fixed hypervolume reference, iterations done
-    search/iter_<k>/archive.json       the archive after iteration k (iter_0: the initial archive)
-    search/iter_<k>/stats.json         hypervolume, predictor quality on the K new candidates, times
-    search/iter_<k>/pareto.png         archive, front, candidates predicted vs measured
-    search/iter_<k>/*.jsonl            evaluations as they come (what a resume does not redo)
-    search/adapt/w<width>/             the adaptation checkpoint (one phase spanning all iterations)
-    search/curves.png  search/final.json
+    state          objectives, fixed hypervolume reference, iterations done
+    archive(k)     the archive after iteration k (0: the initial archive)
+    stats(k)       hypervolume, predictor quality on the K new candidates, times
+    pareto(k)      archive, front, candidates predicted vs measured
+    evaluations    JSONL of the evaluations as they come (what a resume does not redo)
+    curves, final  hypervolume and predictor curves; the final front with its knees
+
+Where these files live is the caller's `SearchFiles` (the application's run directory).
 
 Every step is deterministic given the seed and the files before it, so a killed search resumed
 with `--resume` ends with the same archive as an uninterrupted one.
@@ -20,26 +21,57 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 from pymoo.core.decision_making import NeighborFinder, find_outliers_upper_tail
 
 from predictors import PREDICTORS, AdaptivePredictor, KFoldEnsemble, correlation_report, make_predictor
+from supernets.settings import check_fields
 
 from .archive import Archive, ArchiveError, Record, check_objectives, hypervolume, initial_archive, reference_point
 from .candidates import choose_candidates, generate
 from .evaluate import Evaluator
-from .jsonio import write_json
+from ..files import write_json
 from .plots import curves_plot, pareto_plot
-from .space import SearchSpace
+from ..space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 
+class SearchFiles(Protocol):
+    """Where a search keeps its files; `kind` of `evaluations` is "evaluated" (the initial
+    sample), "candidates" or "reevaluated" (after adaptation)."""
+
+    @property
+    def state(self) -> Path: ...
+    @property
+    def curves(self) -> Path: ...
+    @property
+    def final(self) -> Path: ...
+    @property
+    def final_test(self) -> Path: ...
+    def archive(self, k: int) -> Path: ...
+    def stats(self, k: int) -> Path: ...
+    def pareto(self, k: int) -> Path: ...
+    def evaluations(self, k: int, kind: str) -> Path: ...
+
+
+def iterations_done(files: SearchFiles) -> int:
+    """The last finished iteration of the search in `files` (its state file, written after each)."""
+    return int(json.loads(files.state.read_text())["iterations_done"])
+
+
+def read_front(files: SearchFiles) -> list[dict[str, Any]]:
+    """The rows `Search.final` wrote: id, encoding, arch, val / test top-1, costs, knee."""
+    return json.loads(files.final.read_text())
+
+
 @dataclass(frozen=True)
 class SearchSettings:
-    """`search` section of the config (defaults in nat2/config.py, from the NAT2 paper)."""
+    """The NAT2 search (defaults from the NAT2 paper): objectives (acc and params and/or macs), the
+    archive (size, initial sample = multiplier x size), iterations, K candidates per iteration,
+    NSGA-II population and generations on the predictor, the predictor's name, how many knees."""
 
     objectives: tuple[str, ...] = ("acc", "params")
     archive_size: int = 300
@@ -59,13 +91,8 @@ class SearchSettings:
         if "acc" not in self.objectives:
             raise ValueError(f"search.objectives = {list(self.objectives)}; expected 'acc' among them (the "
                              "predictor drives the search)")
-        for name in ("archive_size", "multiplier", "iterations", "candidates", "population", "generations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (3 if name == "archive_size" else 1):
-                raise ValueError(f"search.{name} = {value!r}; expected a positive integer"
-                                 + (" >= 3" if name == "archive_size" else ""))
-        if not isinstance(self.knees, int) or self.knees < 0:
-            raise ValueError(f"search.knees = {self.knees!r}; expected an integer >= 0")
+        check_fields(self, "search", integers={"archive_size": 3, "knees": 0, "seed": 0}
+                     | dict.fromkeys(("multiplier", "iterations", "candidates", "population", "generations"), 1))
         build_predictor(self.predictor, 0)
 
 
@@ -132,62 +159,58 @@ class Search:
     """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, archive)`."""
 
     def __init__(self, space: SearchSpace, evaluator: Evaluator, settings: SearchSettings, n_classes: int,
-                 out: Path, adapt: Callable[[int, Archive], None] | None = None, is_main: bool = True) -> None:
+                 files: SearchFiles, adapt: Callable[[int, Archive], None] | None = None, is_main: bool = True) -> None:
         self.space, self.evaluator, self.settings, self.n_classes = space, evaluator, settings, n_classes
-        self.out, self.adapt, self.is_main = out, adapt, is_main
+        self.files, self.adapt, self.is_main = files, adapt, is_main
         self.objectives = settings.objectives
         self.state: dict[str, Any] = {}
 
     # -- files -----------------------------------------------------------------------------
-    def _iter_dir(self, k: int) -> Path:
-        return self.out / f"iter_{k}"
-
     def _save(self, path: Path, data: Any) -> None:
         if self.is_main:
             write_json(path, data)
 
     def _stats(self, k: int) -> list[dict[str, Any]]:
-        return [json.loads((self._iter_dir(i) / "stats.json").read_text()) for i in range(k + 1)]
+        return [json.loads(self.files.stats(i).read_text()) for i in range(k + 1)]
 
     def _finish_iteration(self, k: int, archive: Archive, candidates: list[Record], stats: dict[str, Any]) -> None:
         ref, ideal = (np.array(self.state[key]) for key in ("reference_point", "ideal"))
         stats.update(iteration=k, hypervolume=hypervolume(archive.F, ref, ideal), archive_size=len(archive),
                      front_size=len(archive.front()))
         if self.is_main:
-            folder = self._iter_dir(k)
-            write_json(folder / "stats.json", stats)
+            write_json(self.files.stats(k), stats)
             cost = next((o for o in self.objectives if o != "acc"), "macs")
-            pareto_plot(folder / "pareto.png", archive.records, archive.front(), candidates, cost,
+            pareto_plot(self.files.pareto(k), archive.records, archive.front(), candidates, cost,
                         f"iteration {k}: hypervolume {stats['hypervolume']:.4f}")
-            archive.save(folder / "archive.json")  # last: its presence marks the iteration done
-            curves_plot(self.out / "curves.png", self._stats(k))
+            archive.save(self.files.archive(k))  # last: its presence marks the iteration done
+            curves_plot(self.files.curves, self._stats(k))
             self.state["iterations_done"] = k
-            write_json(self.out / "state.json", self.state)
+            write_json(self.files.state, self.state)
         log.info("iteration %d: hypervolume %.4f, front %d, predictor %s", k, stats["hypervolume"],
                  stats["front_size"], stats.get("predictor") or "-")
 
     # -- steps -----------------------------------------------------------------------------
     def initial(self) -> Archive:
         """Iteration 0: sample multiplier x size architectures, evaluate, keep the best by survival."""
-        path = self._iter_dir(0) / "archive.json"
+        path = self.files.archive(0)
         if path.exists():
             return Archive.load(path, self.space)
         t0 = time.time()
         s = self.settings
         archive = initial_archive(
-            self.space, lambda X: self.evaluator.evaluate(X, 0, self._iter_dir(0) / "evaluated.jsonl",
+            self.space, lambda X: self.evaluator.evaluate(X, 0, self.files.evaluations(0, "evaluated"),
                                                           "initial archive"),
             s.archive_size, s.multiplier, self.objectives, s.seed, warm_start_encodings(s.warm_start))
         ref, ideal = reference_point(archive.F)
         self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
                           seed=s.seed, iterations_done=0)
-        self._save(self.out / "state.json", self.state)
+        self._save(self.files.state, self.state)
         self._finish_iteration(0, archive, [], {"seconds": {"total": time.time() - t0}, "predictor": None})
         return archive
 
     def iteration(self, k: int, archive: Archive) -> Archive:
         """Steps 1-8 of spec section 3 for iteration k (1-based)."""
-        s, folder, seed = self.settings, self._iter_dir(k), self.settings.seed * 1000 + k
+        s, seed = self.settings, self.settings.seed * 1000 + k
         times: dict[str, float] = {}
         t = time.time()
         errors = 100.0 - np.array([r["top1"] for r in archive.records])
@@ -200,7 +223,7 @@ class Search:
         times["generate"] = time.time() - t
         t = time.time()
         predicted = 100.0 - predictor.predict(chosen)
-        candidates = self.evaluator.evaluate(chosen, k, folder / "candidates.jsonl", f"iteration {k} candidates",
+        candidates = self.evaluator.evaluate(chosen, k, self.files.evaluations(k, "candidates"), f"iteration {k} candidates",
                                              extra=[{"predicted_top1": float(p)} for p in predicted])
         times["evaluate"] = time.time() - t
         quality = _finite(correlation_report(np.array([c["top1"] for c in candidates]), predicted))
@@ -211,7 +234,7 @@ class Search:
             self.adapt(k, archive)
             times["adapt"] = time.time() - t
             t = time.time()
-            again = self.evaluator.evaluate(archive.X, k, folder / "reevaluated.jsonl", f"iteration {k} re-evaluation")
+            again = self.evaluator.evaluate(archive.X, k, self.files.evaluations(k, "reevaluated"), f"iteration {k} re-evaluation")
             for record, new in zip(archive.records, again):
                 record["top1"] = new["top1"]
             times["reevaluate"] = time.time() - t
@@ -222,15 +245,15 @@ class Search:
 
     def run(self) -> list[dict[str, Any]]:
         """All iterations (skipping finished ones), then the final report."""
-        state_path = self.out / "state.json"
-        if state_path.exists() and (self._iter_dir(0) / "archive.json").exists():
+        state_path = self.files.state
+        if state_path.exists() and self.files.archive(0).exists():
             self.state = json.loads(state_path.read_text())
             if self.state.get("objectives") != list(self.objectives):
                 raise ValueError(f"{state_path}: the search ran with objectives {self.state.get('objectives')}, "
                                  f"not {list(self.objectives)}; start a new run directory")
         archive = self.initial()
         for k in range(1, self.settings.iterations + 1):
-            path = self._iter_dir(k) / "archive.json"
+            path = self.files.archive(k)
             archive = Archive.load(path, self.space) if path.exists() else self.iteration(k, archive)
         return self.final(archive)
 
@@ -256,11 +279,11 @@ class Search:
         front = sorted(archive.front(), key=lambda r: r["macs"])
         knees = self.knees(front)
         tested = self.evaluator.evaluate(np.array([r["encoding"] for r in front]), self.settings.iterations,
-                                         self.out / "final_test.jsonl", "test split", split="test")
+                                         self.files.final_test, "test split", split="test")
         rows = [{"id": f"subnet_{i:02d}", "encoding": r["encoding"], "arch": self.space.decode(np.array(r["encoding"])).to_dict(),
                  "val_top1": r["top1"], "test_top1": t["top1"], "params": r["params"], "macs": r["macs"],
                  "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
-        self._save(self.out / "final.json", rows)
+        self._save(self.files.final, rows)
         return rows
 
 

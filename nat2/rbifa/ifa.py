@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -45,9 +45,10 @@ import numpy as np
 from pymoo.functions.standard.non_dominated_sorting import dominance_degree_non_dominated_sort
 from scipy.stats import rankdata
 
-from .config import ConfigError
-from .jsonio import write_json
-from .space import SearchSpace
+from supernets.settings import check_fields
+
+from ..files import write_json
+from ..space import SearchSpace, encoding_key
 
 Metrics = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 STATE_FORMAT = "nat2-ifa-state"
@@ -146,34 +147,12 @@ class IFASettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        ints = {"population": 2, "generations": 0, "max_chances": 1, "seed": 0}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"rbifa.{name} = {value!r}; expected an integer >= {low}")
-        bounds = {"alpha": (0.0, math.inf), "beta0": (0.0, 1.0), "gamma": (0.0, math.inf),
-                  "mutation_prob": (0.0, 1.0)}
-        for name, (low, high) in bounds.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
-                    or not low <= value <= high:
-                raise ValueError(f"rbifa.{name} = {value!r}; expected a number in [{low}, {high}]")
-
-
-def rbifa_settings(config: Mapping[str, Any]) -> IFASettings:
-    """IFASettings from the config's `rbifa` section (other keys of the section are ignored here)."""
-    names = {f.name for f in fields(IFASettings)}
-    try:
-        return IFASettings(**{k: v for k, v in config["rbifa"].items() if k in names})
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+        check_fields(self, "rbifa", integers={"population": 2, "generations": 0, "max_chances": 1, "seed": 0},
+                     numbers={"alpha": (0, math.inf), "beta0": (0, 1), "gamma": (0, math.inf),
+                              "mutation_prob": (0, 1)})
 
 
 # -- metric cache ----------------------------------------------------------------------------
-def _key(x: Sequence[int]) -> tuple[int, ...]:
-    return tuple(int(v) for v in x)
-
-
 class MetricCache:
     """`metrics` by encoding: each distinct encoding is scored once, new ones in one batch. Share
     one cache between runs on the same metrics (e.g. the Wp grid of a pseudo front)."""
@@ -188,7 +167,7 @@ class MetricCache:
 
     def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         X = np.asarray(X, dtype=np.int64)
-        keys = [_key(x) for x in X]
+        keys = [encoding_key(x) for x in X]
         new = list(dict.fromkeys(k for k in keys if k not in self.values))
         if new:
             perf, eff = self.metrics(np.array(new, dtype=np.int64))
@@ -217,7 +196,7 @@ class MetricCache:
         """Add entries written by `to_json` (values already known are kept)."""
         for key, perf, eff in entries:
             self._check_shape(len(perf), len(eff))
-            self.values.setdefault(_key(key), (np.asarray(perf, dtype=float), np.asarray(eff, dtype=float)))
+            self.values.setdefault(encoding_key(key), (np.asarray(perf, dtype=float), np.asarray(eff, dtype=float)))
 
 
 # -- results and state -----------------------------------------------------------------------
@@ -482,16 +461,11 @@ class PseudoFront:
     runs: dict[float, IFAResult]
 
 
-def state_file(state_dir: str | Path, wp: float | None) -> Path:
-    """The state file of one run in `state_dir`: state_wp<wp>.json (RB-IFA) or state_pfifa.json."""
-    return Path(state_dir) / ("state_pfifa.json" if wp is None else f"state_wp{check_wp(wp):g}.json")
-
-
 def pseudo_front(space: SearchSpace, metrics: Metrics | MetricCache, wps: Sequence[float],
-                 settings: IFASettings = IFASettings(), state_dir: str | Path | None = None, *,
+                 settings: IFASettings = IFASettings(), state_path: Callable[[float], Path] | None = None, *,
                  seconds_per_wp: float | None = None,
                  on_generation: Callable[[float, dict[str, Any]], None] | None = None) -> PseudoFront:
-    """RB-IFA at every wp (one shared metric cache, state files in `state_dir`), then the
+    """RB-IFA at every wp (one shared metric cache, the state of wp in `state_path(wp)`), then the
     non-dominated union of their archives of bests over all perf and eff columns.
     `seconds_per_wp` stops each run after that wall time (at a generation boundary)."""
     wps = parse_wps(list(wps))
@@ -499,7 +473,7 @@ def pseudo_front(space: SearchSpace, metrics: Metrics | MetricCache, wps: Sequen
     runs = {}
     for wp in wps:
         deadline = None if seconds_per_wp is None else time.perf_counter() + seconds_per_wp
-        runs[wp] = rb_ifa(space, cache, wp, settings, None if state_dir is None else state_file(state_dir, wp),
+        runs[wp] = rb_ifa(space, cache, wp, settings, None if state_path is None else state_path(wp),
                           stop=None if deadline is None else (lambda d=deadline: time.perf_counter() >= d),
                           on_generation=None if on_generation is None else (lambda e, w=wp: on_generation(w, e)))
     X = _unique(np.vstack([r.X for r in runs.values()]))
@@ -544,7 +518,7 @@ def _record_matrix(records: Sequence[Mapping[str, Any]], signs: dict[str, int]) 
 def rb_scores(records: Sequence[Mapping[str, Any]], wp: float,
               perf_keys: Sequence[str] | Mapping[str, int] = ("val_top1",),
               eff_keys: Sequence[str] | Mapping[str, int] = ("macs",)) -> np.ndarray:
-    """Eq. 6 over `records` (e.g. the rows of search/final.json or an archive's records). Keys in
+    """Eq. 6 over `records` (e.g. the rows of the final front or an archive's records). Keys in
     `DIRECTIONS` know their direction; others need a mapping key -> +1 (lower is better) / -1.
     A missing value (None) ranks last."""
     if not records:

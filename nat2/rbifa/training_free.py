@@ -1,26 +1,26 @@
-"""The training-free search stage: RB-IFA (or PF-IFA) over the NAT2 encoding, scoring subnets by
+"""The training-free search: RB-IFA (or PF-IFA) over the NAT2 encoding, scoring subnets by
 ICD and Synflow (performance) and MACs (efficiency) without any accuracy evaluation.
 
-    <run>/tfsearch/metrics.jsonl        ICD, log10 Synflow, params, MACs of every scored encoding
-    <run>/tfsearch/state_wp<wp>.json    RB-IFA state per Wp (state_pfifa.json for PF-IFA): resume
-    <run>/tfsearch/result.json          the chosen subnet per Wp and the (pseudo-)Pareto front
-    <run>/tfsearch/front.png            MACs vs ICD: everything scored, the front, the chosen
-    <run>/tfsearch/warm_start.json      (rbifa.warm_start) encodings to seed a NAT2 archive
+Its files (`TrainingFreeFiles`, placed by the caller):
+    metrics       JSONL: ICD, log10 Synflow, params, MACs of every scored encoding
+    state(wp)     RB-IFA state per Wp (wp None: PF-IFA), what a resume continues
+    result        the chosen subnet per Wp and the (pseudo-)Pareto front
+    front_plot    MACs vs ICD: everything scored, the front, the chosen
+    warm_start    (optional) encodings to seed a NAT2 archive
 
 Every candidate is scored the same way: its subnet (weights inherited from the supernet of its
 width, or a fresh init seeded by the encoding), BN recalibrated on the calibration images at its
 resolution, ICD on one fixed batch of `rbifa.batch_size` training images (eval transforms) at its
 resolution, Synflow on an all-ones image at its resolution, MACs from the analytic cost model.
-The search is single-process: under torchrun only rank 0 works, the others return at once.
+The search is single-process (the caller runs it on one rank).
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import zlib
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import matplotlib
 import numpy as np
@@ -33,27 +33,32 @@ from supernets import Splits, Subnet, Supernet, recalibrate_bn
 from supernets.evaluation import EvalData, fixed_loader
 from supernets.zero_cost import training_free_metrics
 
-from .config import ConfigError
-from .evaluate import read_jsonl
-from .jsonio import write_json
-from .rbifa import (IFAResult, MetricCache, parse_wps, pf_ifa, pseudo_front, rank_score, rbifa_settings,
-                    state_file)
-from .space import SearchSpace
-from .stage import Stage
+from ..files import append_jsonl, read_jsonl, write_json
+from ..space import SearchSpace, encoding_key
+from .ifa import IFAResult, IFASettings, MetricCache, parse_wps, pf_ifa, pseudo_front, rank_score
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-TF_DIR = "tfsearch"
 STRATEGIES = ("rbifa", "pfifa")
 INITS = ("inherited", "fresh")
 PERF_METRICS, EFF_METRICS = ("icd", "synflow"), ("macs",)
 
 
-def _key(encoding: Sequence[int]) -> str:
-    return " ".join(str(int(g)) for g in encoding)
+class TrainingFreeFiles(Protocol):
+    """Where a training-free search keeps its files (the application's run directory)."""
+
+    @property
+    def metrics(self) -> Path: ...
+    @property
+    def result(self) -> Path: ...
+    @property
+    def front_plot(self) -> Path: ...
+    @property
+    def warm_start(self) -> Path: ...
+    def state(self, wp: float | None) -> Path: ...
 
 
 class TrainingFreeMetrics:
@@ -66,12 +71,12 @@ class TrainingFreeMetrics:
                  calibration_batch: int = 100, seed: int = 0, device: torch.device = torch.device("cpu"),
                  cache_path: Path | None = None) -> None:
         if init not in INITS:
-            raise ConfigError(f"rbifa.init = {init!r}; expected one of {', '.join(INITS)}")
+            raise ValueError(f"rbifa.init = {init!r}; expected one of {', '.join(INITS)}")
         if init == "inherited" and not supernets:
-            raise ConfigError("rbifa.init = 'inherited' needs the trained supernets; pass them, or set "
+            raise ValueError("rbifa.init = 'inherited' needs the trained supernets; pass them, or set "
                               "rbifa.init to 'fresh' to score freshly initialised subnets")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 2 <= batch_size <= len(splits.train):
-            raise ConfigError(f"rbifa.batch_size = {batch_size!r}; expected an integer in 2..{len(splits.train)} "
+            raise ValueError(f"rbifa.batch_size = {batch_size!r}; expected an integer in 2..{len(splits.train)} "
                               "(ICD needs at least 2 images; the training split has "
                               f"{len(splits.train)})")
         self.space, self.splits, self.supernets, self.init = space, splits, supernets, init
@@ -106,7 +111,7 @@ class TrainingFreeMetrics:
 
     def record(self, encoding: Sequence[int]) -> dict[str, Any]:
         """{encoding, icd, synflow (log10), params, macs} of one canonical encoding."""
-        key = _key(encoding)
+        key = encoding_key(encoding)
         if key not in self.records:
             x = np.asarray(encoding, dtype=np.int64)
             arch = self.space.decode(x)
@@ -115,9 +120,7 @@ class TrainingFreeMetrics:
             record = {"encoding": [int(g) for g in x], **scores, "params": int(params[0]), "macs": int(macs[0])}
             self.records[key] = record
             if self.cache_path is not None:
-                self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-                with self.cache_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_jsonl(self.cache_path, [record])
         return self.records[key]
 
     def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,18 +128,6 @@ class TrainingFreeMetrics:
         perf = np.array([[-r[m] for m in PERF_METRICS] for r in rows], dtype=float).reshape(len(rows), -1)
         eff = np.array([[r[m] for m in EFF_METRICS] for r in rows], dtype=float).reshape(len(rows), -1)
         return perf, eff
-
-
-def training_free_metrics_from_config(config: Mapping[str, Any], stage: Stage,
-                                      supernets: Mapping[float, Supernet] | None,
-                                      cache_path: Path | None = None) -> TrainingFreeMetrics:
-    """The scorer the `rbifa`, `supernet` and `train` sections of the config describe."""
-    rb, sn = config["rbifa"], config["supernet"]
-    return TrainingFreeMetrics(
-        stage.space, stage.splits, supernets=supernets if rb["init"] == "inherited" else None, init=rb["init"],
-        subnet_options={k: sn[k] for k in ("dense", "dropout", "bn_momentum", "bn_eps")},
-        batch_size=rb["batch_size"], calibration_batch=config["train"]["calibration_batch"], seed=rb["seed"],
-        device=stage.ctx.device, cache_path=cache_path)
 
 
 def _row(space: SearchSpace, scorer: TrainingFreeMetrics, x: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -170,29 +161,16 @@ def front_plot(path: Path, evaluated: Sequence[Mapping[str, Any]], front: Sequen
     plt.close(fig)
 
 
-def run_tf_search(config: Mapping[str, Any], stage: Stage, supernets: Mapping[float, Supernet] | None,
-                  strategy: str = "rbifa", wps: Sequence[float] | float | str | None = None,
-                  out_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Run (or resume, from the state files in `out_dir`) the training-free search and write its
-    files; returns the chosen subnet per Wp (brightest at that Wp: of its RB-IFA run's archive of
-    bests, or of the PF-IFA front). `wps` defaults to `rbifa.wp`, `out_dir` to <run>/tfsearch;
-    `supernets` (weights loaded) is needed for rbifa.init = inherited only."""
+def training_free_search(space: SearchSpace, scorer: TrainingFreeMetrics, settings: IFASettings,
+                         files: TrainingFreeFiles, strategy: str = "rbifa", wps: Sequence[float] | float = 0.5,
+                         warm_start: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume, from the state files) the training-free search and write its files; returns
+    the chosen subnet per Wp (brightest at that Wp: of its RB-IFA run's archive of bests, or of
+    the PF-IFA front). `warm_start` also writes the chosen and front encodings for a NAT2 archive."""
     if strategy not in STRATEGIES:
-        raise ConfigError(f"strategy = {strategy!r}; expected one of {', '.join(STRATEGIES)}")
-    settings = rbifa_settings(config)
-    try:
-        wps = parse_wps(config["rbifa"]["wp"] if wps is None else wps)
-    except ValueError as err:
-        raise ConfigError(f"rbifa.wp: {err}") from None
-    if not isinstance(config["rbifa"]["warm_start"], bool):
-        raise ConfigError(f"rbifa.warm_start = {config['rbifa']['warm_start']!r}; expected true or false")
-    if not stage.ctx.is_main:
-        return []
-    out = Path(out_dir) if out_dir is not None else stage.run_dir / TF_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    scorer = training_free_metrics_from_config(config, stage, supernets, out / "metrics.jsonl")
+        raise ValueError(f"strategy = {strategy!r}; expected one of {', '.join(STRATEGIES)}")
+    wps = parse_wps(wps)
     cache = MetricCache(scorer)
-    space = stage.space
     interactive = sys.stderr.isatty()
     bars: dict[float | None, tqdm] = {}
 
@@ -205,10 +183,10 @@ def run_tf_search(config: Mapping[str, Any], stage: Stage, supernets: Mapping[fl
 
     try:
         if strategy == "rbifa":
-            found = pseudo_front(space, cache, wps, settings, out, on_generation=progress)
+            found = pseudo_front(space, cache, wps, settings, files.state, on_generation=progress)
             front_X, runs = found.X, found.runs
         else:
-            result = pf_ifa(space, cache, settings, state_file(out, None), on_generation=lambda e: progress(None, e))
+            result = pf_ifa(space, cache, settings, files.state(None), on_generation=lambda e: progress(None, e))
             front_X, runs = result.X, {None: result}
     finally:
         for bar in bars.values():
@@ -221,17 +199,17 @@ def run_tf_search(config: Mapping[str, Any], stage: Stage, supernets: Mapping[fl
     front = [_row(space, scorer, x) for x in front_X]
     evaluated = list(scorer.records.values())
     generations = {strategy if wp is None else f"wp {wp:g}": r.generations for wp, r in runs.items()}
-    write_json(out / "result.json", {
+    write_json(files.result, {
         "strategy": strategy, "wps": wps, "performance": list(PERF_METRICS), "efficiency": list(EFF_METRICS),
-        "synflow": "log10", "init": config["rbifa"]["init"], "generations": generations,
+        "synflow": "log10", "init": scorer.init, "generations": generations,
         "evaluated": len(evaluated), "chosen": chosen, "front": front})
-    front_plot(out / "front.png", evaluated, front, chosen,
+    front_plot(files.front_plot, evaluated, front, chosen,
                f"{strategy}: {len(front)} on the front, {len(evaluated)} scored")
-    if config["rbifa"]["warm_start"]:
+    if warm_start:
         encodings = {tuple(r["encoding"]): None for r in chosen + front}
-        write_json(out / "warm_start.json", [list(e) for e in encodings])
+        write_json(files.warm_start, [list(e) for e in encodings])
     log.info("training-free search (%s): %d subnets scored, %d on the front; %s", strategy, len(evaluated),
-             len(front), out / "result.json")
+             len(front), files.result)
     return chosen
 
 

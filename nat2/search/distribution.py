@@ -13,7 +13,7 @@ import numpy as np
 
 from supernets.arch import BLOCKS_PER_STAGE, N_STAGES
 
-from .space import SearchSpace
+from ..space import SearchSpace
 
 
 def categorical(values: np.ndarray, size: int, smoothing: float) -> np.ndarray:

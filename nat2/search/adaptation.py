@@ -7,10 +7,10 @@ epochs x iterations); iteration k trains its epochs up to k x epochs.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from torch import nn
@@ -18,13 +18,34 @@ from torch import nn
 from supernets import Architecture, Splits, Supernet
 from supernets.distributed import Dist
 from supernets.phases import Phase
+from supernets.settings import check_fields
 from supernets.train import PhaseTrainer, TrainOptions
 
 from .archive import Archive, Record, objective_matrix, survive
 from .distribution import ArchiveDistribution
-from .space import SearchSpace
+from ..space import SearchSpace
 
 ADAPT_PHASE_INDEX = 100  # seeds the adaptation's data order and sampling apart from the training phases
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """Adaptation between search iterations (config `search.adapt`); `epochs` per iteration, 0
+    turns adaptation off. `smoothing`: pseudo-counts per value of every factor of the
+    distribution (the exit, a stage's depth given the exit, a block's choice), fitted on the
+    archive's better half by survival; > 0 keeps values that half lacks reachable."""
+
+    epochs: int = 5
+    lr: float = 7.5e-3
+    subnets_per_step: int = 4
+    weight_decay: float = 3.0e-4
+    grad_clip: float | None = 5.0
+    smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "search.adapt", integers={"epochs": 0, "subnets_per_step": 1},
+                     numbers=dict.fromkeys(("lr", "weight_decay", "grad_clip", "smoothing"), (0, math.inf)),
+                     nullable=("grad_clip",))
 
 
 def better_half(records: list[Record], objectives: Sequence[str]) -> np.ndarray:
@@ -55,18 +76,19 @@ class ArchiveSampler:
 
 
 def adapt(supernets: dict[float, Supernet], teachers: dict[float, nn.Module | None], space: SearchSpace,
-          archive: Archive, splits: Splits, options: TrainOptions, settings: dict[str, Any], iteration: int,
-          iterations: int, out_dir: Path, ctx: Dist = Dist()) -> None:
-    """Train every width's supernet for iteration `iteration` (1-based) of the adaptation phase."""
-    epochs = settings["epochs"]
-    distribution = ArchiveDistribution(space, better_half(archive.records, archive.objectives), settings["smoothing"])
+          archive: Archive, splits: Splits, options: TrainOptions, settings: AdaptSettings, iteration: int,
+          iterations: int, folders: Mapping[float, Path], ctx: Dist = Dist()) -> None:
+    """Train every width's supernet for iteration `iteration` (1-based) of the adaptation phase;
+    each width's checkpoint lives in `folders[width]`."""
+    epochs = settings.epochs
+    distribution = ArchiveDistribution(space, better_half(archive.records, archive.objectives), settings.smoothing)
     options = replace(options, val_every=epochs * iterations, val_settings=2)
     for width, supernet in supernets.items():
-        phase = Phase(name="adapt", space=supernet.space, epochs=epochs * iterations, lr=settings["lr"],
-                      subnets_per_step=settings["subnets_per_step"], weight_decay=settings["weight_decay"],
-                      grad_clip=settings["grad_clip"])
+        phase = Phase(name="adapt", space=supernet.space, epochs=epochs * iterations, lr=settings.lr,
+                      subnets_per_step=settings.subnets_per_step, weight_decay=settings.weight_decay,
+                      grad_clip=settings.grad_clip)
         sampler = ArchiveSampler(space, distribution, width)
-        trainer = PhaseTrainer(supernet, phase, ADAPT_PHASE_INDEX, splits, options, out_dir / f"w{width:.1f}", ctx,
+        trainer = PhaseTrainer(supernet, phase, ADAPT_PHASE_INDEX, splits, options, folders[width], ctx,
                                teachers[width], None, supernet.dropout, arch_sampler=sampler,
                                resolution_weights=sampler.resolution_weights())
         trainer.run(until=epochs * iteration)

@@ -5,7 +5,6 @@ resumes where it stopped. Under torchrun, rank r scores rows r, r + world, ...; 
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -20,30 +19,10 @@ from supernets.distributed import Dist
 from supernets.evaluation import EvalData, subnet_top1
 
 from .archive import Record
-from .space import SearchSpace
+from ..files import append_jsonl, read_jsonl
+from ..space import SearchSpace, encoding_key
 
 log = logging.getLogger(__name__)
-
-
-def _key(encoding: Sequence[int]) -> str:
-    return " ".join(str(int(g)) for g in encoding)
-
-
-def read_jsonl(path: Path) -> dict[str, Record]:
-    """Records of a JSONL cache by encoding; a torn last line (killed while writing) is ignored."""
-    records: dict[str, Record] = {}
-    if not path.exists():
-        return records
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}: line {i + 1} is not JSON; delete the file to evaluate again") from None
-        records[_key(record["encoding"])] = record
-    return records
 
 
 class Evaluator:
@@ -80,7 +59,7 @@ class Evaluator:
         """
         X = np.asarray(X, dtype=np.int64).reshape(-1, self.space.n_var)
         done = read_jsonl(cache) if cache is not None else {}
-        todo = [i for i, x in enumerate(X) if _key(x) not in done]
+        todo = [i for i, x in enumerate(X) if encoding_key(x) not in done]
         params, macs = self.space.costs(X, self.n_classes) if len(X) else (np.zeros(0), np.zeros(0))
         world, rank = self.ctx.world_size, self.ctx.rank
         bar = tqdm(total=len(todo), desc=desc, leave=False, disable=not (self.ctx.is_main and sys.stderr.isatty()))
@@ -97,13 +76,11 @@ class Evaluator:
                     record = {"encoding": [int(g) for g in X[i]], "top1": top1, "params": int(params[i]),
                               "macs": int(macs[i]), "iteration": iteration}
                     record.update(extra[i] if extra is not None else {})
-                    done[_key(X[i])] = record
+                    done[encoding_key(X[i])] = record
                     new.append(record)
             if cache is not None and self.ctx.is_main:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                with cache.open("a") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in new)
+                append_jsonl(cache, new)
             bar.update(len(chunk))
         bar.close()
-        return [{**done[_key(x)], "iteration": iteration, **(extra[i] if extra is not None else {})}
+        return [{**done[encoding_key(x)], "iteration": iteration, **(extra[i] if extra is not None else {})}
                 for i, x in enumerate(X)]

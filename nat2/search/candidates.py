@@ -23,7 +23,7 @@ from pymoo.operators.sampling.rnd import BinaryRandomSampling
 from pymoo.optimize import minimize
 
 from .archive import Archive, check_objectives, objective_matrix, survive, unique_rows
-from .space import SearchSpace
+from ..space import SearchSpace
 
 SUBSET_POP_SIZE = 100
 SUBSET_N_GEN = 60

@@ -1,0 +1,120 @@
+"""What every stage does first: join the job, claim its folder of the run directory, log, load
+the data; and the supernets a stage starts from."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed
+
+from supernets import CheckpointError, Splits, Supernet
+from supernets.checkpoint import check_meta, load_checkpoint
+from supernets.distributed import Dist, init_distributed
+
+from ..space import SearchSpace
+from .config import Config
+from .rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class Stage(NamedTuple):
+    ctx: Dist
+    run_dir: RunDir
+    splits: Splits
+    space: SearchSpace
+
+
+def join(config: Config) -> Dist:
+    """torchrun's job (if any) on the configured device."""
+    device = config.train.device
+    return init_distributed(None if device == "auto" else device)
+
+
+def open_stage(config: Config, run_dir: RunDir, stage: str, command: str, resume: bool) -> Stage:
+    """Join torchrun's job (if any), check that `stage` may start or resume in the run directory,
+    record config and environment (rank 0), set up logging, seed torch with train.seed, load the
+    data splits."""
+    ctx = join(config)
+    run_dir.prepare(config, stage, resume, write=ctx.is_main)
+    if ctx.enabled:
+        torch.distributed.barrier()
+    setup_logging(run_dir, command, ctx.is_main)
+    torch.manual_seed(config.train.seed)  # fresh supernet weights depend on nothing else
+    return Stage(ctx, run_dir, config.data.load(), config.supernet.search_space())
+
+
+def setup_logging(run_dir: RunDir, command: str, is_main: bool) -> None:
+    """INFO to the console and to logs/<command>.log on rank 0; warnings only on other ranks."""
+    root = logging.getLogger()
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    for handler in list(root.handlers):
+        if getattr(handler, "_nat2", False):
+            root.removeHandler(handler)
+            handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if is_main:
+        path = run_dir.log_file(command)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(path))
+    for chatty in ("onnxscript", "onnx_ir"):  # the ONNX exporter logs every optimisation pass
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._nat2 = True
+        root.addHandler(handler)
+
+
+def _load(path: str | Path, supernet: Supernet) -> None:
+    state = load_checkpoint(path)
+    check_meta(path, state, supernet)
+    supernet.load_state_dict(state["model"])
+
+
+def trained_supernets(config: Config, run_dir: RunDir, stage: Stage, adapted: bool = True) -> dict[float, Supernet]:
+    """One supernet per width with the trained weights of this run (or `search.supernet`), and,
+    with `adapted`, the search's adapted weights where adaptation has run."""
+    supernets = config.supernet.build(stage.space, stage.splits.n_classes)
+    for width, supernet in supernets.items():
+        if config.search.supernet:
+            path = config.search.supernet.format(width=width)
+        else:
+            path = run_dir.phase_checkpoint(width, config.train.phases(supernet)[-1].name)
+        if not Path(path).is_file():
+            raise CheckpointError(f"no supernet checkpoint at {path}; run `nat2 train-supernet` first (warm-up) "
+                                  "or set search.supernet to a checkpoint (may contain {width})")
+        _load(path, supernet)
+        supernet.to(stage.ctx.device)
+        log.info("width %.1f: supernet from %s", width, path)
+    if adapted:
+        load_adapted(run_dir, supernets)
+    return supernets
+
+
+def load_adapted(run_dir: RunDir, supernets: dict[float, Supernet]) -> None:
+    """Replace the trained weights by the search's adapted ones where adaptation has run."""
+    for width, supernet in supernets.items():
+        path = run_dir.adapted(width)
+        if path.exists():
+            _load(path, supernet)
+            log.info("width %.1f: adapted weights from %s", width, path)
+
+
+def finetune_jobs(config: Config, rows: list[dict[str, Any]], space: SearchSpace) -> list[tuple[dict[str, Any], str]]:
+    """(selected subnet row, variant) pairs: `aep` only for early-exit subnets with more than one exit."""
+    out = []
+    for row in rows:
+        arch = space.decode(np.array(row["encoding"]))
+        for v in config.finetune.variants:
+            if v == "single" or (space.early_exits and arch.exit > 1):
+                out.append((row, v))
+    return out
+
+
+def export_name(row: dict[str, Any], variant: str) -> str:
+    """The name of a job's export: the subnet's id for the single variant, <id>_aep for AEP."""
+    return row["id"] if variant == "single" else f"{row['id']}_{variant}"

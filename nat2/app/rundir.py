@@ -1,0 +1,244 @@
+"""The run directory, the contract between stages and with the user. `RunDir` is the only code
+that knows its folder and file names:
+
+    runs/<name>/config.yaml  env.json                   the resolved config; versions, git SHA, devices
+    supernet/w<width>/<phase>/{last,best}.pt ...         supernet training, one folder per width and phase
+    search/state.json  search/iter_<k>/...  search/{curves.png,final.json,final_test.jsonl}
+    search/adapt/w<width>/                               the adaptation checkpoint
+    tfsearch/{metrics.jsonl,state_*.json,result.json,front.png,warm_start.json}
+    select/selected.json                                 the subnets that go on
+    finetune/<subnet>/<variant>/{step1,step2,result.json,final.pt}
+    final/<export>/                                      arch.json, weights, .pt2, ONNX, metadata.json
+    logs/<command>.log  logs/tensorboard/w<width>/
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from postprocess import read_metadata
+
+from ..files import write_json, write_text
+from .config import Config, ConfigError
+
+# Keys that may change between a run and its resume: they do not change the results.
+RUNTIME_KEYS = {("train", "num_workers"), ("train", "device"), ("train", "eval_batch_size")}
+PACKAGES = ("torch", "torchvision", "timm", "ofa", "pymoo", "lightgbm", "catboost", "scikit-learn", "numpy")
+# Stage -> its folder; a stage "has results" when its folder is not empty.
+STAGE_FOLDERS = {"supernet": "supernet", "search": "search", "tfsearch": "tfsearch", "select": "select",
+                 "finetune": "finetune", "export": "final"}
+
+
+class RunDirError(ValueError):
+    """A file a stage needs is not in the run directory yet (an earlier stage has not run)."""
+
+
+def _width(width: float) -> str:
+    return f"w{width:.1f}"
+
+
+def _file(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"<folder>/{name}")
+
+
+@dataclass(frozen=True)
+class SearchFolder:
+    """The NAT2 search's files (`nat2.search.SearchFiles`)."""
+
+    path: Path
+    state, curves, final, final_test = map(_file, ("state.json", "curves.png", "final.json", "final_test.jsonl"))
+
+    def iteration(self, k: int) -> Path:
+        return self.path / f"iter_{k}"
+
+    def archive(self, k: int) -> Path:
+        return self.iteration(k) / "archive.json"
+
+    def stats(self, k: int) -> Path:
+        return self.iteration(k) / "stats.json"
+
+    def pareto(self, k: int) -> Path:
+        return self.iteration(k) / "pareto.png"
+
+    def evaluations(self, k: int, kind: str) -> Path:
+        return self.iteration(k) / f"{kind}.jsonl"
+
+
+@dataclass(frozen=True)
+class TrainingFreeFolder:
+    """The training-free search's files (`nat2.rbifa.TrainingFreeFiles`)."""
+
+    path: Path
+    metrics, result, front_plot, warm_start = map(_file, ("metrics.jsonl", "result.json", "front.png",
+                                                          "warm_start.json"))
+
+    def state(self, wp: float | None) -> Path:
+        return self.path / ("state_pfifa.json" if wp is None else f"state_wp{wp:g}.json")
+
+
+class RunDir:
+    """One run's folder: where each stage reads what the previous one wrote."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def of(cls, config: Config, source: str | Path) -> RunDir:
+        """`run.dir`, or runs/<name of the config file without extension>."""
+        return cls(config.run.dir or Path("runs") / Path(source).stem)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # -- the run's own files ------------------------------------------------------------------
+    config_file, env_file = _file("config.yaml"), _file("env.json")
+
+    def log_file(self, command: str) -> Path:
+        return self.path / "logs" / f"{command}.log"
+
+    def tensorboard(self, width: float) -> Path:
+        return self.path / "logs" / "tensorboard" / _width(width)
+
+    def saved_config(self) -> dict[str, Any] | None:
+        """The config recorded by the last stage that ran here (a plain mapping), if any."""
+        return yaml.safe_load(self.config_file.read_text()) if self.config_file.is_file() else None
+
+    # -- stages ---------------------------------------------------------------------------------
+    def stage(self, name: str) -> Path:
+        """The folder of stage `name` (a key of STAGE_FOLDERS)."""
+        return self.path / STAGE_FOLDERS[name]
+
+    def has_results(self, name: str) -> bool:
+        folder = self.stage(name)
+        return folder.is_dir() and any(folder.iterdir())
+
+    def prepare(self, config: Config, stage: str, resume: bool, write: bool = True) -> None:
+        """Check that `stage` may start (fresh) or resume here, then record config and environment.
+
+        Starting over a stage that already has results, or resuming with a different config, is an
+        error: nothing a previous run wrote is overwritten by accident.
+        """
+        folder = self.stage(stage)
+        if resume:
+            if not folder.exists():
+                raise ConfigError(f"--resume: {folder} does not exist; run without --resume to start this stage")
+            saved = self.saved_config()
+            diff = [] if saved is None else config_differences(saved, config.to_dict())
+            if diff:
+                raise ConfigError(f"--resume: the config differs from {self.config_file} at {', '.join(diff)}; "
+                                  "resume with the run's own config")
+        elif self.has_results(stage):
+            raise ConfigError(f"{folder} already holds results; pass --resume to continue it, or set run.dir "
+                              "to start a new run")
+        if write:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_text(self.config_file, yaml.safe_dump(config.to_dict(), sort_keys=False))
+            write_text(self.env_file, json.dumps(environment(), indent=2))
+
+    # -- supernet training ------------------------------------------------------------------
+    def supernet(self, width: float) -> Path:
+        """The training folder of one width's supernet (a folder per phase inside)."""
+        return self.stage("supernet") / _width(width)
+
+    def phase_checkpoint(self, width: float, phase: str, which: str = "best") -> Path:
+        """`which` (best or last) checkpoint of a training phase."""
+        return self.supernet(width) / phase / f"{which}.pt"
+
+    # -- search -----------------------------------------------------------------------------
+    @property
+    def search(self) -> SearchFolder:
+        return SearchFolder(self.stage("search"))
+
+    def adapt(self, width: float) -> Path:
+        """The adaptation checkpoint folder of one width (one phase spanning all iterations)."""
+        return self.stage("search") / "adapt" / _width(width)
+
+    def adapted(self, width: float) -> Path:
+        return self.adapt(width) / "last.pt"
+
+    @property
+    def tfsearch(self) -> TrainingFreeFolder:
+        return TrainingFreeFolder(self.stage("tfsearch"))
+
+    # -- selection --------------------------------------------------------------------------
+    @property
+    def selection_file(self) -> Path:
+        return self.stage("select") / "selected.json"
+
+    def write_selection(self, method: str, wp: float, rows: list[dict[str, Any]]) -> None:
+        write_json(self.selection_file, {"method": method, "wp": wp, "subnets": rows}, indent=2)
+
+    def selection(self) -> list[dict[str, Any]]:
+        """The selected subnets (rows of the search's final front)."""
+        if not self.selection_file.is_file():
+            raise RunDirError(f"{self.selection_file} does not exist; run `nat2 select` first")
+        return json.loads(self.selection_file.read_text())["subnets"]
+
+    # -- fine-tuning ------------------------------------------------------------------------
+    def finetune_job(self, subnet: str, variant: str) -> Path:
+        return self.stage("finetune") / subnet / variant
+
+    def finetuned_model(self, subnet: str, variant: str) -> Path:
+        return self.finetune_job(subnet, variant) / "final.pt"
+
+    def result_file(self, subnet: str, variant: str) -> Path:
+        return self.finetune_job(subnet, variant) / "result.json"
+
+    def write_result(self, subnet: str, variant: str, result: dict[str, Any]) -> None:
+        write_json(self.result_file(subnet, variant), result, indent=2)
+
+    def result(self, subnet: str, variant: str) -> dict[str, Any] | None:
+        """The figures of a finished fine-tuning job, or None while it is not finished."""
+        path = self.result_file(subnet, variant)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # -- exports ----------------------------------------------------------------------------
+    def export(self, name: str) -> Path:
+        return self.stage("export") / name
+
+    def exports(self) -> dict[str, dict[str, Any]]:
+        """The metadata of every export, by export name (sorted)."""
+        folder = self.stage("export")
+        found = {p.name: read_metadata(p) for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+        return {name: meta for name, meta in found.items() if meta is not None}
+
+
+def config_differences(old: Any, new: Any, where: str = "", ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ, except runtime keys, `run` and the sections in `ignore`."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            if tuple(path.split(".")) in RUNTIME_KEYS or key == "run" or path in ignore:
+                continue
+            out += config_differences(old.get(key), new.get(key), path, ignore)
+        return out
+    return [] if old == new else [where]
+
+
+def environment() -> dict[str, Any]:
+    """Versions, git SHA of this source tree, devices: what a reader needs to repeat a run."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
+            "git_sha": sha, "cuda_devices": devices, "cpu_threads": torch.get_num_threads(),
+            "argv": sys.argv}

@@ -1,0 +1,55 @@
+"""`nat2 export`: every fine-tuned subnet (or those named) as a standalone export: architecture,
+weights, the .pt2 program, ONNX and metadata, each checked against the fine-tuned model."""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from postprocess import ExportError, export_subnet, load_finetuned
+
+from ..config import Config
+from ..context import export_name, finetune_jobs, setup_logging
+from ..rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -> None:
+    """Export every fine-tuned subnet, or those in `subnets`."""
+    space = config.supernet.search_space()
+    names = {export_name(row, v): (row, v) for row, v in finetune_jobs(config, run_dir.selection(), space)}
+    wanted = list(subnets or names)
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ExportError(f"no fine-tuned subnet named {', '.join(unknown)} in {run_dir.path}; expected one of "
+                          f"{', '.join(names)}")
+    missing = [n for n in wanted if run_dir.result(names[n][0]["id"], names[n][1]) is None]
+    if missing:
+        raise ExportError(f"{', '.join(missing)} not fine-tuned yet in {run_dir.stage('finetune')}; run "
+                          "`nat2 finetune` to finish them first")
+    run_dir.prepare(config, "export", resume=run_dir.stage("export").exists())
+    setup_logging(run_dir, "export", True)
+    data = config.data
+    splits = data.load()
+    for name in wanted:
+        row, variant = names[name]
+        result = run_dir.result(row["id"], variant)
+        model = load_finetuned(run_dir.finetuned_model(row["id"], variant))
+        metadata = {
+            "subnet": name, "variant": variant, "encoding": row["encoding"], "arch": str(model.arch),
+            "resolution": model.arch.resolution, "width": model.arch.width, "exits": list(model.exit_list),
+            "beta": result["kept_beta"], "prediction": "argmax of sum_i beta_i * exit_i logits",
+            "params": result["params"], "macs": result["macs"],
+            "accuracy": {"search_val_top1": result["search_val_top1"], "val_top1_before": result["val_top1_before"],
+                         "val_top1_after_step1": result["val_top1_step1"], "test_top1": result["test_top1"]},
+            "finetune": {"best_epoch": result["best_epoch"], "step1_epochs": result["step1_epochs"],
+                         **config.to_dict()["finetune"]},
+            "dataset": data.name, "n_classes": splits.n_classes,
+            "input": {"layout": "NCHW RGB float32", "size": [model.arch.resolution] * 2,
+                      "scale": "pixel / 255", "mean": list(splits.mean), "std": list(splits.std)},
+        }
+        folder = run_dir.export(name)
+        parity = export_subnet(model, folder, metadata, tolerance=config.export.tolerance)
+        log.info("exported %s to %s (max abs differences %s)", name, folder, parity)
+        print(f"{name}: {folder} (test top-1 {result['test_top1']:.2f}, parity "
+              + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()) + ")")

@@ -1,0 +1,25 @@
+"""Console tables: one column format, used by every command that prints results."""
+from __future__ import annotations
+
+import re
+from typing import Any, Iterable, Sequence
+
+_SPEC = re.compile(r"([<>^]?)(\d*)(.*)")
+
+
+def table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> str:
+    """`columns` are (header, format spec) such as ("val top-1", ">9.2f"); the header is aligned
+    like its values. A column without a width is free text, set off by two spaces."""
+    def line(cells: Sequence[str]) -> str:
+        out = ""
+        for (_, spec), cell in zip(columns, cells):
+            sep = "" if not out else " " if _SPEC.match(spec).group(2) else "  "
+            out += sep + cell
+        return out
+
+    heads = []
+    for header, spec in columns:
+        align, width, _ = _SPEC.match(spec).groups()
+        heads.append(f"{header:{align}{width}}")
+    body = [line([f"{value:{spec}}" for value, (_, spec) in zip(row, columns)]) for row in rows]
+    return "\n".join([line(heads), *body])
