@@ -7,6 +7,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from nat2.search.archive import (Archive, ArchiveError, hypervolume, initial_archive, objective_matrix, reference_point,
                           survive)
 from nat2.app.config import load_config
+from nat2.app.rundir import RunDir
 from nat2.search.loop import warm_start_encodings
 from nat2.space import SearchSpace
 
@@ -182,10 +183,10 @@ def test_front_is_the_non_dominated_set():
 
 def test_save_load_round_trip(tmp_path):
     archive = make_archive("parallel-ee")
-    path = tmp_path / "search" / "archive.json"
+    path = RunDir(tmp_path).search.archive(0)
     archive.save(path)
     archive.save(path)  # overwriting goes through a temp file and leaves nothing else behind
-    assert [p.name for p in path.parent.iterdir()] == ["archive.json"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
     loaded = Archive.load(path, space=SPACES["parallel-ee"])
     assert loaded.to_json() == archive.to_json()
     assert np.array_equal(loaded.X, archive.X) and np.array_equal(loaded.F, archive.F)

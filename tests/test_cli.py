@@ -1,3 +1,4 @@
+import json
 import re
 from pathlib import Path
 
@@ -5,6 +6,7 @@ import pytest
 
 from nat2.app.cli import main
 from nat2.app.config import Config, ConfigError, defaults_yaml, load_config
+from nat2.app.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,8 +58,9 @@ def test_defaults_file_lists_every_default():
 def test_run_rejects_a_bad_value_of_any_section_before_it_starts(tmp_path, capsys, override, key):
     """Every section is checked when the config loads: nothing is written for a bad value."""
     run = tmp_path / "run"
-    code = main(["run", str(ROOT / "configs" / "demo.yaml"), "--set", f"run.dir={run}", "--set", override,
-                 "--set", "train.eps=[]" if key is None else "sample.n=1"])
+    cheap = "train.eps=[]" if key is None else "sample.n=1"     # before `override`: sample.n=0 must win
+    code = main(["run", str(ROOT / "configs" / "demo.yaml"), "--set", f"run.dir={run}", "--set", cheap,
+                 "--set", override])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("nat2: error: ") and err.count("\n") == 1
     assert (key or "train.eps") in err
@@ -105,19 +108,20 @@ def trained(tmp_path_factory):
     config = root / "tiny.yaml"
     config.write_text(TINY.format(run=root / "run", schedule="eps", source="null"))
     assert main(["train-supernet", str(config)]) == 0
-    return config, root / "run"
+    return config, RunDir(root / "run")
 
 
 def test_train_supernet_writes_the_run_directory(trained, capsys):
     _, run = trained
-    assert (run / "config.yaml").is_file() and (run / "env.json").is_file()
-    assert "phase exits" in (run / "logs" / "train-supernet.log").read_text()
-    for width in ("w1.0", "w1.2"):
+    assert run.config_file.is_file() and run.env_file.is_file()
+    assert "phase exits" in run.log_file("train-supernet").read_text()
+    for width in (1.0, 1.2):
         for phase in ("full", "exits"):
-            for name in ("last.pt", "best.pt", "metrics.csv"):
-                assert (run / "supernet" / width / phase / name).is_file()
-        assert list((run / "logs" / "tensorboard" / width / "exits").glob("events.out.tfevents.*"))
-    header, row = (run / "supernet" / "w1.2" / "exits" / "metrics.csv").read_text().splitlines()
+            for which in ("last", "best"):
+                assert run.phase_checkpoint(width, phase, which).is_file()
+            assert (run.supernet(width) / phase / "metrics.csv").is_file()
+        assert list((run.tensorboard(width) / "exits").glob("events.out.tfevents.*"))
+    header, row = (run.supernet(1.2) / "exits" / "metrics.csv").read_text().splitlines()
     assert header == "epoch,lr,train_loss,val_top1,val_min_top1,val_max_top1,val_full_top1,seconds,val_seconds"
     assert row.startswith("1,")
 
@@ -135,12 +139,13 @@ def test_train_supernet_guards_and_resumes_a_run(trained, capsys):
 def test_warm_up_starts_from_a_source_checkpoint(trained, tmp_path, capsys):
     _, run = trained
     config = tmp_path / "warm.yaml"
-    source = run / "supernet" / "w{width}" / "exits" / "best.pt"
-    config.write_text(TINY.format(run=tmp_path / "run", schedule="warmup", source=source))
+    source = {width: str(run.phase_checkpoint(width, "exits")) for width in (1.0, 1.2)}    # width -> checkpoint
+    config.write_text(TINY.format(run=tmp_path / "run", schedule="warmup", source=json.dumps(source)))
     assert main(["train-supernet", str(config)]) == 0
-    log = (tmp_path / "run" / "logs" / "train-supernet.log").read_text()
+    warm = RunDir(tmp_path / "run")
+    log = warm.log_file("train-supernet").read_text()
     assert "width 1.2: starting from" in log and "(nat2-supernet format)" in log
-    assert (tmp_path / "run" / "supernet" / "w1.0" / "uniform" / "best.pt").is_file()
+    assert warm.phase_checkpoint(1.0, "uniform").is_file()
 
 
 @pytest.mark.parametrize("override, message", [

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nat2.app.rundir import RunDir
 from supernets import ImageSet, Supernet, load_splits
 from supernets.checkpoint import load_checkpoint
 from supernets.distributed import Dist
@@ -122,7 +123,8 @@ def test_torchrun_cli_two_processes(tmp_path):
                            "-m", "nat2", "train-supernet", str(config)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    log = (tmp_path / "run" / "logs" / "train-supernet.log").read_text()
+    run = RunDir(tmp_path / "run")
+    log = run.log_file("train-supernet").read_text()
     assert "2 process(es)" in log and "level epoch 1/1" in log
-    state = load_checkpoint(tmp_path / "run" / "supernet" / "w1.0" / "level" / "last.pt")
+    state = load_checkpoint(run.phase_checkpoint(1.0, "level", "last"))
     assert state["epoch"] == 1 and len(state["history"]) == 1

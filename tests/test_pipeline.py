@@ -9,6 +9,7 @@ import pytest
 
 import nat2.app.stages.export as export_command
 from nat2.app.cli import main
+from nat2.app.rundir import RunDir
 from nat2.search.evaluate import Evaluator
 from postprocess.finetune import Finetuner
 from supernets.train import PhaseTrainer
@@ -52,43 +53,48 @@ def reference(tmp_path_factory):
     return root / "run"
 
 
-def _results(run: Path) -> dict:
+def _results(path: Path) -> dict:
     """What a run produced, without what legitimately differs between processes (logs, times)."""
-    out = {"final.json": json.loads((run / "search" / "final.json").read_text()),
-           "selected": json.loads((run / "select" / "selected.json").read_text())}
-    for path in sorted((run / "finetune").glob("*/*/result.json")):
-        out[str(path.relative_to(run))] = json.loads(path.read_text())
-    for folder in sorted((run / "final").iterdir()):
-        meta = json.loads((folder / "metadata.json").read_text())
-        out[folder.name] = (meta["accuracy"], meta["exits"], (folder / "weights.safetensors").read_bytes())
+    run = RunDir(path)
+    out = {"front": json.loads(run.search.final.read_text()),
+           "selected": json.loads(run.selection_file.read_text())}
+    for job in sorted(run.stage("finetune").glob("*/*")):
+        subnet, variant = job.parent.name, job.name
+        if (result := run.result(subnet, variant)) is not None:
+            out[f"{subnet}/{variant}"] = result
+    exports = run.exports()
+    assert set(exports) == {p.name for p in run.stage("export").iterdir()}   # every export has its metadata
+    for name, meta in exports.items():
+        out[name] = (meta["accuracy"], meta["exits"], (run.export(name) / "weights.safetensors").read_bytes())
     return out
 
 
 def test_run_writes_every_file_of_the_run_directory(reference, capsys):
-    run = reference
-    for name in ("config.yaml", "env.json", "logs/train-supernet.log", "logs/search.log", "logs/finetune.log",
-                 "logs/export.log", "search/state.json", "search/final.json", "search/curves.png",
-                 "select/selected.json"):
-        assert (run / name).is_file(), name
+    run = RunDir(reference)
+    logs = [run.log_file(command) for command in ("train-supernet", "search", "finetune", "export")]
+    for path in (run.config_file, run.env_file, *logs, run.search.state, run.search.final, run.search.curves,
+                 run.selection_file):
+        assert path.is_file(), path
     for phase in ("full", "all"):
-        for name in ("last.pt", "best.pt", "metrics.csv"):
-            assert (run / "supernet" / "w1.0" / phase / name).is_file()
+        for which in ("last", "best"):
+            assert run.phase_checkpoint(1.0, phase, which).is_file()
+        assert (run.supernet(1.0) / phase / "metrics.csv").is_file()
     for k in (0, 1):
-        for name in ("archive.json", "stats.json", "pareto.png"):
-            assert (run / "search" / f"iter_{k}" / name).is_file()
-    knees = [r for r in json.loads((run / "search" / "final.json").read_text()) if r["knee"]]
-    selected = json.loads((run / "select" / "selected.json").read_text())
+        for path in (run.search.archive(k), run.search.stats(k), run.search.pareto(k)):
+            assert path.is_file()
+    knees = [r for r in json.loads(run.search.final.read_text()) if r["knee"]]
+    selected = json.loads(run.selection_file.read_text())
     assert selected["method"] == "knee" and [r["id"] for r in selected["subnets"]] == [r["id"] for r in knees]
-    exports = {p.name for p in (run / "final").iterdir()}
+    exports = {p.name for p in run.stage("export").iterdir()}
     expected = set()
     for row in knees:
-        assert (run / "finetune" / row["id"] / "single" / "result.json").is_file()
+        assert run.result_file(row["id"], "single").is_file()
         expected.add(row["id"])
         if len(row["arch"]["stages"]) > 1:                # early-exit subnets also get the AEP variant
             expected.add(f"{row['id']}_aep")
     assert exports == expected
     for name in exports:
-        folder = run / "final" / name
+        folder = run.export(name)
         assert {p.name for p in folder.iterdir()} == EXPORT_FILES
         meta = json.loads((folder / "metadata.json").read_text())
         assert set(meta["accuracy"]) == {"search_val_top1", "val_top1_before", "val_top1_after_step1", "test_top1"}
@@ -96,7 +102,7 @@ def test_run_writes_every_file_of_the_run_directory(reference, capsys):
         assert meta["dataset"] == "synthetic" and len(meta["input"]["mean"]) == 3
         assert max(meta["parity"].values()) <= 1e-4
     capsys.readouterr()
-    assert main(["run", str(run.parent / "run.yaml")]) == 0     # everything done: only the table
+    assert main(["run", str(reference.parent / "run.yaml")]) == 0     # everything done: only the table
     out = capsys.readouterr().out
     assert "resuming" in out and "test top-1" in out and "pareto.png" in out
     assert all(name in out for name in exports)
@@ -129,30 +135,31 @@ def test_run_resumes_after_a_kill_in_each_stage(stage, reference, tmp_path, monk
 @pytest.fixture
 def searched(reference, tmp_path):
     """A copy of the reference run that has finished its search but not fine-tuning."""
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("config.yaml", "supernet", "search"):
-        (shutil.copytree if (reference / name).is_dir() else shutil.copy)(reference / name, run / name)
-    return run
+    original, run = RunDir(reference), RunDir(tmp_path / "run")
+    run.path.mkdir()
+    shutil.copy(original.config_file, run.config_file)
+    for stage in ("supernet", "search"):
+        shutil.copytree(original.stage(stage), run.stage(stage))
+    return run.path
 
 
 def test_select_rbifa_picks_the_most_accurate_at_wp_1_and_the_cheapest_at_wp_0(searched):
-    state = json.loads((searched / "search" / "state.json").read_text())
-    records = json.loads((searched / "search" / f"iter_{state['iterations_done']}" / "archive.json")
-                         .read_text())["records"]
+    run = RunDir(searched)
+    state = json.loads(run.search.state.read_text())
+    records = json.loads(run.search.archive(state["iterations_done"]).read_text())["records"]
     top1 = np.array([r["top1"] for r in records])
     params = np.array([r["params"] for r in records])
     for wp, best in ((1.0, top1.max()), (0.0, None)):
         assert main(["select", str(searched), "--method", "rbifa", "--wp", str(wp)]) == 0
-        chosen = json.loads((searched / "select" / "selected.json").read_text())["subnets"]
+        chosen = json.loads(run.selection_file.read_text())["subnets"]
         assert len(chosen) == 1
         if best is None:
             assert chosen[0]["params"] == params.min()
         else:
             assert chosen[0]["val_top1"] == best
     assert main(["select", str(searched), "--method", "front"]) == 0
-    chosen = json.loads((searched / "select" / "selected.json").read_text())
-    front = json.loads((searched / "search" / "final.json").read_text())
+    chosen = json.loads(run.selection_file.read_text())
+    front = json.loads(run.search.final.read_text())
     assert chosen["method"] == "front" and [r["id"] for r in chosen["subnets"]] == [r["id"] for r in front]
 
 
@@ -163,8 +170,9 @@ def test_the_selection_is_fixed_once_fine_tuning_has_started(reference, capsys):
 
 @pytest.mark.parametrize("fmt", ["torch", "pt2", "onnx"])
 def test_evaluate_an_export_reproduces_its_fine_tuning_test_score(reference, fmt, capsys):
-    name = sorted(p.name for p in (reference / "final").iterdir())[-1]
-    meta = json.loads((reference / "final" / name / "metadata.json").read_text())
+    run = RunDir(reference)
+    name = sorted(p.name for p in run.stage("export").iterdir())[-1]
+    meta = run.exports()[name]
     capsys.readouterr()
     assert main(["evaluate", str(reference), "--subnet", name, "--split", "test", "--format", fmt]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -174,7 +182,7 @@ def test_evaluate_an_export_reproduces_its_fine_tuning_test_score(reference, fmt
 
 def test_bad_input_gets_clear_errors(reference, searched, tmp_path, capsys):
     assert main(["export", str(searched)]) == 2                       # no selection, no fine-tuning
-    assert "select/selected.json does not exist" in capsys.readouterr().err
+    assert f"{RunDir(searched).selection_file} does not exist" in capsys.readouterr().err
     assert main(["select", str(searched)]) == 0
     assert main(["export", str(searched)]) == 2                       # selected, not fine-tuned
     assert "not fine-tuned yet" in capsys.readouterr().err
@@ -188,7 +196,7 @@ def test_bad_input_gets_clear_errors(reference, searched, tmp_path, capsys):
     assert "unknown config key 'finetune_typo'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(["finetune", str(tmp_path)]) == 2                     # a folder that is no run directory
-    assert "without config.yaml" in capsys.readouterr().err
+    assert f"{tmp_path} is a directory without {RunDir(tmp_path).config_file.name}" in capsys.readouterr().err
     assert main(["run", str(_config(tmp_path, "odd")), "--set", "finetune.optimizer=adam"]) == 2
     assert "finetune.optimizer" in capsys.readouterr().err
 
@@ -200,7 +208,7 @@ def test_presets_are_valid_and_name_the_missing_data(preset, tmp_path, capsys):
                  "--set", f"data.root={tmp_path / 'nothing'}"]) == 2
     err = capsys.readouterr().err
     assert "not found" in err and "expected" in err and str(tmp_path / "nothing") in err
-    assert not (tmp_path / "run" / "supernet").exists()
+    assert not RunDir(tmp_path / "run").stage("supernet").exists()
 
 
 def test_search_strategy_rbifa_from_the_command_line(searched, capsys):
@@ -208,8 +216,9 @@ def test_search_strategy_rbifa_from_the_command_line(searched, capsys):
     assert "expected a performance weight in [0, 1]" in capsys.readouterr().err
     assert main(["search", str(searched), "--strategy", "rbifa", "--wp", "0", "1", "--set", "rbifa.generations=2",
                  "--set", "rbifa.population=4"]) == 0
-    result = json.loads((searched / "tfsearch" / "result.json").read_text())
+    files = RunDir(searched).tfsearch
+    result = json.loads(files.result.read_text())
     assert result["strategy"] == "rbifa" and [r["wp"] for r in result["chosen"]] == [0.0, 1.0]
     cheap, strong = result["chosen"]
-    assert cheap["macs"] <= strong["macs"] and (searched / "tfsearch" / "front.png").is_file()
+    assert cheap["macs"] <= strong["macs"] and files.front_plot.is_file()
     assert "tf_01" in capsys.readouterr().out

@@ -13,6 +13,7 @@ from pymoo.mcdm.high_tradeoff import HighTradeoffPoints
 
 import nat2.app.config as config_module
 from nat2.app.cli import main
+from nat2.app.rundir import RunDir
 from nat2.search.evaluate import Evaluator
 from nat2.search.loop import Search, SearchSettings, high_tradeoff_points, tradeoffs
 from supernets.train import PhaseTrainer
@@ -47,7 +48,7 @@ def trained(tmp_path_factory):
     config = root / "train.yaml"
     config.write_text(CONFIG.format(run=root / "train", supernet="null"))
     assert main(["train-supernet", str(config)]) == 0
-    return root / "train" / "supernet" / "w{width}" / "all" / "best.pt"
+    return RunDir(root / "train").phase_checkpoint(1.0, "all")     # the only width
 
 
 def _config(tmp_path, supernet, name="run", extra=""):
@@ -61,27 +62,26 @@ def reference(trained, tmp_path_factory):
     """An uninterrupted search."""
     root = tmp_path_factory.mktemp("reference")
     assert main(["search", str(_config(root, trained))]) == 0
-    return root / "run" / "search"
+    return RunDir(root / "run").search
 
 
 def test_search_writes_every_iteration(reference):
-    state = json.loads((reference / "state.json").read_text())
+    state = json.loads(reference.state.read_text())
     assert state["objectives"] == ["acc", "params"] and state["iterations_done"] == 2
     hv = []
     for k in range(3):
-        folder = reference / f"iter_{k}"
-        for name in ("archive.json", "stats.json", "pareto.png"):
-            assert (folder / name).is_file()
-        stats = json.loads((folder / "stats.json").read_text())
+        for path in (reference.archive(k), reference.stats(k), reference.pareto(k)):
+            assert path.is_file()
+        stats = json.loads(reference.stats(k).read_text())
         hv.append(stats["hypervolume"])
-        archive = json.loads((folder / "archive.json").read_text())
+        archive = json.loads(reference.archive(k).read_text())
         encodings = [tuple(r["encoding"]) for r in archive["records"]]
         assert len(encodings) == 8 == len(set(encodings))
         if k:
             assert set(stats["predictor"]) == {"kendall_tau", "spearman_rho", "rmse"}
             assert stats["n_candidates"] == 3
-    assert (reference / "curves.png").is_file()
-    rows = json.loads((reference / "final.json").read_text())
+    assert reference.curves.is_file()
+    rows = json.loads(reference.final.read_text())
     assert rows and all(0 <= r["test_top1"] <= 100 for r in rows) and any(r["knee"] for r in rows)
 
 
@@ -109,12 +109,10 @@ def test_resume_after_a_kill_equals_the_uninterrupted_search(where, trained, ref
         main(["search", str(config)])
     monkeypatch.setattr(target, name, original)
     assert main(["search", str(config), "--resume"]) == 0
+    ours = RunDir(tmp_path / "run").search
     for k in range(3):
-        ours = json.loads((tmp_path / "run" / "search" / f"iter_{k}" / "archive.json").read_text())
-        theirs = json.loads((reference / f"iter_{k}" / "archive.json").read_text())
-        assert ours == theirs
-    assert json.loads((tmp_path / "run" / "search" / "final.json").read_text()) == \
-        json.loads((reference / "final.json").read_text())
+        assert json.loads(ours.archive(k).read_text()) == json.loads(reference.archive(k).read_text())
+    assert json.loads(ours.final.read_text()) == json.loads(reference.final.read_text())
 
 
 def test_the_test_split_is_read_only_by_the_final_report(trained, tmp_path, monkeypatch):
@@ -154,10 +152,11 @@ def test_search_bad_input_exits_2(trained, tmp_path, capsys, override, message):
 
 
 def test_corrupt_archive_on_resume_is_a_clear_error(trained, reference, tmp_path, capsys):
-    shutil.copytree(reference, tmp_path / "run" / "search")
-    (tmp_path / "run" / "search" / "iter_1" / "archive.json").write_text('{"format": "nat2-archive"}')
+    ours = RunDir(tmp_path / "run").search
+    shutil.copytree(reference.path, ours.path)
+    ours.archive(1).write_text('{"format": "nat2-archive"}')
     assert main(["search", str(_config(tmp_path, trained)), "--resume"]) == 2
-    assert "archive.json" in capsys.readouterr().err
+    assert str(ours.archive(1)) in capsys.readouterr().err
 
 
 def test_torchrun_shards_evaluation_over_two_ranks(trained, reference, tmp_path):
@@ -168,10 +167,10 @@ def test_torchrun_shards_evaluation_over_two_ranks(trained, reference, tmp_path)
                            "-m", "nat2", "search", str(config), "--set", "search.iterations=1"], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    ours = json.loads((tmp_path / "run" / "search" / "iter_0" / "archive.json").read_text())
-    assert ours == json.loads((reference / "iter_0" / "archive.json").read_text())
-    assert (tmp_path / "run" / "search" / "iter_1" / "archive.json").is_file()
-    assert (tmp_path / "run" / "search" / "final.json").is_file()
+    ours = RunDir(tmp_path / "run").search
+    assert json.loads(ours.archive(0).read_text()) == json.loads(reference.archive(0).read_text())
+    assert ours.archive(1).is_file()
+    assert ours.final.is_file()
 
 
 def bumped_front() -> list[dict]:
