@@ -154,10 +154,10 @@ class RunSettings:
 @dataclass(frozen=True)
 class SearchSection(SearchSettings):
     """The NAT2 search: objectives, archive size and initial sample (multiplier x size), iterations,
-    K candidates, NSGA-II on the predictor, knees. `supernet`: a checkpoint per width (may contain {width}; null: this run's
-    last training phase's best.pt). `warm_start`: a JSON list of encodings (e.g. the training-free
-    search's warm start) evaluated in the initial archive sample. `adapt`: supernet adaptation
-    between iterations."""
+    K candidates, NSGA-II on the predictor, knees. `supernet`: a checkpoint per width (may contain
+    {width}; null: this run's last training phase's best.pt). `warm_start`: a JSON list of
+    encodings (e.g. the training-free search's warm start) evaluated in the initial archive sample.
+    `adapt`: supernet adaptation between iterations."""
 
     supernet: str | None = None
     adapt: AdaptSettings = field(default_factory=AdaptSettings)

@@ -85,19 +85,19 @@ class TrainingFreeFolder:
         return self.path / ("state_pfifa.json" if wp is None else f"state_wp{wp:g}.json")
 
 
+@dataclass(frozen=True)
 class RunDir:
     """One run's folder: where each stage reads what the previous one wrote."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
     def of(cls, config: Config, source: str | Path) -> RunDir:
         """`run.dir`, or runs/<name of the config file without extension>."""
         return cls(config.run.dir or Path("runs") / Path(source).stem)
-
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
 
     # -- the run's own files ------------------------------------------------------------------
     config_file, env_file = _file("config.yaml"), _file("env.json")

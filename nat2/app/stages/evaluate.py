@@ -25,9 +25,9 @@ def exported(run_dir: RunDir, subnet: str) -> tuple[Path, dict]:
         meta = read_metadata(folder)
         if meta is not None:
             return folder, meta
-    raise ExportError(f"no exported subnet {subnet!r} in {run_dir.stage('export')}; expected one of "
-                      f"{', '.join(run_dir.exports()) or '(none: run `nat2 export` first)'} or an export folder holding "
-                      f"{', '.join(FILES)}")
+    names = ", ".join(run_dir.exports()) or "(none: run `nat2 export` first)"
+    raise ExportError(f"no exported subnet {subnet!r} in {run_dir.stage('export')}; expected one of {names} or an "
+                      f"export folder holding {', '.join(FILES)}")
 
 
 @torch.no_grad()

@@ -26,7 +26,8 @@ def run(config: Config) -> None:
           f"{len(splits.test)} test images; variant "
           + "".join(k[0].upper() for k in ("dense", "parallel") if getattr(sn, k)) + ("EE" if sn.early_exits else ""))
     rows = []
-    for enc, p, m in tqdm(list(zip(x, params, macs)), desc="extract + BN recalibration", disable=not sys.stderr.isatty()):
+    progress = tqdm(list(zip(x, params, macs)), desc="extract + BN recalibration", disable=not sys.stderr.isatty())
+    for enc, p, m in progress:
         arch = space.decode(enc)
         subnet = supernets[arch.width].extract(arch).eval()
         splits.calibration.resolution = arch.resolution

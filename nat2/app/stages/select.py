@@ -17,6 +17,7 @@ from typing import Any
 
 from ...rbifa import rb_scores, rb_select
 from ...search import Archive, iterations_done, read_front
+from ...space import encoding_key
 from ..config import Config, ConfigError
 from ..context import setup_logging
 from ..rundir import RunDir, config_differences
@@ -56,12 +57,12 @@ def select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, An
     else:
         archive = final_archive(run_dir)
         costs = [o for o in archive.objectives if o != "acc"] or ["macs"]
-        ids = {tuple(r["encoding"]): r for r in front}
+        ids = {encoding_key(r["encoding"]): r for r in front}
         scores = rb_scores(archive.records, wp, perf_keys=["top1"], eff_keys=costs)
         rows = []
         for i in rb_select(archive.records, wp, perf_keys=["top1"], eff_keys=costs)[:n]:
             record, score = archive.records[i], float(scores[i])
-            row = ids.get(tuple(record["encoding"])) or {
+            row = ids.get(encoding_key(record["encoding"])) or {
                 "id": f"archive_{i:03d}", "encoding": record["encoding"], "val_top1": record["top1"],
                 "params": record["params"], "macs": record["macs"]}
             rows.append({**row, "rb_score": score, "wp": wp})
