@@ -1,9 +1,6 @@
-"""The small file tools of the run directory, in one place.
-
-Atomic writes: a file is written beside its target and renamed over it, so a kill leaves the
-previous version or the new one, never half a file. JSONL caches: records appended one line each
-as they come, read back by encoding, so a killed evaluation resumes where it stopped.
-"""
+"""The small file tools of the run directory. Atomic writes (written beside the target and renamed
+over it, so a kill leaves the old or the new version, never half a file) and JSONL caches (records
+appended one line each as they come, read back by encoding, so a killed evaluation resumes)."""
 from __future__ import annotations
 
 import json

@@ -1,10 +1,9 @@
 """The NAT2 search space: integer encodings of OFAv2 architectures.
 
-Layout `[R, W, (X), G_1 .. G_20]`: indices into the resolution, width and (early-exit spaces
-only) exit lists, then one gene per block position (5 stages x 4). A gene is 0 for an absent
-block, else `1 + nK*nE*idx(A) + nK*idx(e) + idx(k)` where idx(A) is the branch key's place in
-the popcount-grouped order [1, 2, 4, 3, 5, 6, 7]; narrow spaces (key 4 only) give NAT's original
-0..9 mapping. Decoding is deterministic: every vector is first brought to canonical form by
+Layout `[R, W, (X), G_1 .. G_20]`: indices into the resolution, width and (early-exit spaces only) exit lists, then one
+gene per block position (5 stages x 4). A gene is 0 for an absent block, else `1 + nK*nE*idx(A) + nK*idx(e) + idx(k)`
+where idx(A) is the branch key's place in the popcount-grouped order [1, 2, 4, 3, 5, 6, 7]; narrow spaces (key 4 only)
+give NAT's original 0..9 mapping. Decoding is deterministic: every vector is first brought to canonical form by
 `repair`, so genes that do not change the network never reach the predictor or the archive.
 """
 from __future__ import annotations
@@ -30,6 +29,13 @@ def encoding_key(encoding: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(g) for g in encoding)
 
 
+def unique_rows(X: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of each distinct row, in their original order."""
+    if not len(X):
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.unique(X, axis=0, return_index=True)[1])
+
+
 class SearchSpace:
     """Integer encoding of a `supernets.Space` (widths list = the supernets searched over)."""
 
@@ -52,10 +58,9 @@ class SearchSpace:
         self.xu = np.array(head_ub + block_ub * N_STAGES, dtype=np.int64)
         self._mbconv_genes = np.array(
             [g >= 1 and bool(self.key_order[(g - 1) // self._nke] & MBCONV) for g in range(gene_max + 1)])
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per number of classes: (blocks, stem + head)
         self._blocks = [None] + [self._block(g) for g in range(1, gene_max + 1)]  # decoded genes, built once
 
-    # -- names and checks -------------------------------------------------------------------
     def gene_name(self, i: int) -> str:
         heads = ["R (resolution index)", "W (width index)", "X (exit index)"][: self.n_head]
         if i < self.n_head:
@@ -83,7 +88,6 @@ class SearchSpace:
                                 f"{self.xl[i]}..{self.xu[i]}")
         return arr.astype(np.int64)
 
-    # -- canonical form ---------------------------------------------------------------------
     def repair(self, x: np.ndarray) -> np.ndarray:
         """Canonical vectors for any real vectors: rounded and clipped to the bounds, absent
         blocks moved to the end of their stage, stages after the exit and k/e genes of blocks
@@ -107,7 +111,6 @@ class SearchSpace:
         x = self.validate(x)
         return np.all(self.repair(x) == x, axis=-1)
 
-    # -- decode / encode --------------------------------------------------------------------
     def decode(self, x: np.ndarray | list) -> Architecture:
         """The architecture of one encoding (valid integers; non-canonical genes are repaired)."""
         x = self.validate(x)
@@ -138,7 +141,6 @@ class SearchSpace:
                            + self._nk * sp.expands.index(block.expand) + sp.kernels.index(block.kernel))
         return self.repair(np.concatenate([head, genes.ravel()]))
 
-    # -- sampling and extremes --------------------------------------------------------------
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
         """`n` canonical encodings drawn uniformly over architectures (see `Space.sample`)."""
         return np.stack([self.encode(a) for a in self.space.sample(rng, n)]) if n else np.empty((0, self.n_var), np.int64)
@@ -151,7 +153,6 @@ class SearchSpace:
     def max_encoding(self) -> np.ndarray:
         return self.encode(self.space.max_arch())
 
-    # -- costs ------------------------------------------------------------------------------
     def costs(self, x: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(params, MACs) of the single-exit subnets of many encodings, from cached tables."""
         rows = self.repair(self.validate(x).reshape(-1, self.n_var))
@@ -166,8 +167,7 @@ class SearchSpace:
         return total[:, 0], total[:, 1]
 
     def _cost_tables(self, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        tables = self._tables  # per number of classes: (block table, stem + head table)
-        if n_classes not in tables:
+        if n_classes not in self._tables:
             sp = self.space
             n_genes = int(self.xu.max()) + 1
             blocks = np.zeros((len(sp.widths), len(sp.resolutions), N_GENES, n_genes, 2), dtype=np.int64)
@@ -186,5 +186,5 @@ class SearchSpace:
                         for g in range(1, n_genes):
                             c = block_cost(pos, self._blocks[g], size)
                             blocks[wi, ri, p, g] = (c.params, c.macs)
-            tables[n_classes] = (blocks, base)
-        return tables[n_classes]
+            self._tables[n_classes] = (blocks, base)
+        return self._tables[n_classes]

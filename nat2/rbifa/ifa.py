@@ -1,36 +1,24 @@
-"""RB-IFA: the rank-based score (paper eq. 6), the Improved FireFly Algorithm over the NAT2 encoding,
-its Pareto-front variant PF-IFA (paper Algorithm 1), the pseudo-Pareto front over a Wp grid, and the
-rank-based selector over an archive (the RB-IFA paper, Nguyen et al., ICAART 2025).
+"""RB-IFA (Nguyen et al., ICAART 2025): the rank score (eq. 6), the Improved FireFly Algorithm over the
+NAT2 encoding, its Pareto-front variant PF-IFA (Algorithm 1), the pseudo-Pareto front over a Wp grid
+and the rank-based selector. Metrics are "lower is better" columns (ICD, Synflow, top-1 negated), seen
+only through `metrics(X) -> (perf (n, P), eff (n, E))`, cached by encoding (tests use cheap ones).
 
-Every metric is a column of "lower is better" values (negate ICD, Synflow, top-1); a search sees
-them only through `metrics(X) -> (perf (n, P), eff (n, E))`, cached by encoding, so the algorithms
-run on cheap synthetic functions in tests and on subnets in `nat2.tf_search`.
-
-RB-IFA, one generation (brightness = rank score over the current pool, lower is brighter):
-  1. pool = population + champion (best so far); every firefly moves toward each brighter pool
-     member, dimmest first, x <- x + beta0 exp(-gamma r^2) (x_j - x) + alpha U[-0.5, 0.5) * range,
-     r = Euclidean distance of genes divided by their ranges; the brightest random-walks. Every
-     pull is rounded, clipped and repaired to a canonical encoding.
-  2. A move is kept when the moved firefly ranks no worse than its old position, both ranked in
-     one pool (old + moved + champion); fitness is looked up by encoding, so it is never stale.
-  3. "Improved": a member of the new population ranks strictly better than the champion when
-     the champion is re-ranked together with the population; it becomes the champion and joins
-     the archive of bests. Otherwise the stagnation counter grows.
-  4. After `max_chances` stagnant generations: genetic iteration (binary tournaments on rank,
-     which the best wins whenever drawn; uniform crossover; random-reset mutation; repair) and
-     the rank reset of the paper: the champion retires to the archive of bests and the best of
-     the new population, ranked among itself, becomes the champion, so that a mediocre early
-     champion cannot block progress by holding a low rank against weak early competition.
-The result is the archive of bests; its best at Wp is the argmin of the rank score over it.
-
-PF-IFA (the paper's Algorithm 1) replaces the rank score by the non-dominated front index within
-the current population (dominance-degree sort), grows the population with the largest front seen
-and runs the genetic iteration after `max_chances` generations in which the front did not grow.
-
-Both are seeded and resumable: after initialisation and after every generation the state
-(population, champion / front, archive of bests, generation, counters, RNG state, metric cache)
-is written atomically to a JSON file; a run started on an existing file continues it and ends
-with the same result as an uninterrupted run.
+One RB-IFA generation (brightness: rank score over the current pool, lower is brighter):
+  1. Each firefly moves toward every brighter member of population + champion (best so far), dimmest
+     first: x <- repair(x + beta0 exp(-gamma r^2) (x_j - x) + alpha U[-0.5, 0.5) * range), r the gene
+     distance scaled by the ranges; the brightest random-walks.
+  2. A move is kept when the moved firefly ranks no worse than its old position, both ranked in one
+     pool with the champion (fitness is looked up by encoding, so it is never stale).
+  3. A member ranking strictly better than the champion, re-ranked with the population, becomes the
+     champion and joins the archive of bests; otherwise stagnation grows.
+  4. After `max_chances` stagnant generations: genetic iteration and the paper's rank reset (the
+     champion retires; the new population's best, ranked among itself, takes over), so that a
+     mediocre early champion, ranked against weak competition, cannot block progress.
+The result is the archive of bests; the choice at Wp is its argmin of the rank score.
+PF-IFA ranks by the front index within the population, grows the population with the largest front
+seen, and runs the genetic iteration after `max_chances` generations without growth.
+Both are seeded and resumable: the state (RNG and metric cache included) is written atomically after
+every generation; a run on an existing state file ends as an uninterrupted run does.
 """
 from __future__ import annotations
 
@@ -48,20 +36,19 @@ from scipy.stats import rankdata
 from supernets.settings import check_fields
 
 from ..files import write_json
-from ..space import SearchSpace, encoding_key
+from ..space import SearchSpace, encoding_key, unique_rows
 
 Metrics = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+Keys = Sequence[str] | Mapping[str, int]  # record keys, with their directions (+1 / -1) where not in DIRECTIONS
 STATE_FORMAT = "nat2-ifa-state"
 # Direction of the record keys rb_select knows: +1 lower is better, -1 higher is better.
 DIRECTIONS: dict[str, int] = {"top1": -1, "val_top1": -1, "test_top1": -1, "predicted_top1": -1, "icd": -1,
                               "synflow": -1, "acc": 1, "params": 1, "macs": 1}
 
 
-# -- ranks -----------------------------------------------------------------------------------
 def check_wp(wp: Any) -> float:
     """Wp as a float; ValueError unless it is a number in [0, 1]."""
-    if isinstance(wp, bool) or not isinstance(wp, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= float(wp) <= 1.0:
+    if isinstance(wp, bool) or not isinstance(wp, (int, float, np.integer, np.floating)) or not 0.0 <= float(wp) <= 1.0:
         raise ValueError(f"wp = {wp!r}; expected a performance weight in [0, 1] (efficiency weight 1 - wp)")
     return float(wp)
 
@@ -80,32 +67,28 @@ def parse_wps(value: Any) -> list[float]:
 
 
 def column_ranks(F: np.ndarray) -> np.ndarray:
-    """Ranks 1..n per column, lowest value first, ties sharing their average rank
-    (`scipy.stats.rankdata`). NaN and +-inf mean "no valid value": they rank after every finite
-    value and share the average of the last ranks, as any tie does."""
+    """Ranks 1..n per column, lowest first, ties sharing their average rank (`scipy.stats.rankdata`);
+    NaN and +-inf ("no valid value") rank after every finite value, tied among themselves."""
     F = np.asarray(F, dtype=float)
     ranks = np.empty_like(F)
     for c in range(F.shape[1]):
         finite = np.isfinite(F[:, c])
-        m = int(finite.sum())
         ranks[finite, c] = rankdata(F[finite, c], method="average")
-        ranks[~finite, c] = (m + 1 + len(F)) / 2
+        ranks[~finite, c] = (int(finite.sum()) + 1 + len(F)) / 2
     return ranks
 
 
 def _matrix(values: Any, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=float)
-    if arr.ndim == 1:
-        arr = arr[:, None]
+    arr = arr[:, None] if arr.ndim == 1 else arr
     if arr.ndim != 2 or arr.shape[1] < 1:
         raise ValueError(f"{name} has shape {arr.shape}; expected (n, k) with one column per metric, k >= 1")
     return arr
 
 
 def rank_score(perf: np.ndarray, eff: np.ndarray, wp: float) -> np.ndarray:
-    """Eq. 6: R = wp * sum(performance ranks) / P + (1 - wp) * sum(efficiency ranks) / E, ranks
-    taken over the rows given (population-relative); lower R is brighter. Columns are "lower is
-    better"; a 1-D input is one metric."""
+    """Eq. 6: R = wp * sum(performance ranks) / P + (1 - wp) * sum(efficiency ranks) / E, ranks over the
+    rows given (population-relative); lower R is brighter. Columns are "lower is better", 1-D is one."""
     wp = check_wp(wp)
     perf, eff = _matrix(perf, "perf"), _matrix(eff, "eff")
     if len(perf) != len(eff):
@@ -132,7 +115,6 @@ def non_dominated(F: np.ndarray) -> np.ndarray:
     return np.flatnonzero(front_index(F) == 0)
 
 
-# -- settings --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class IFASettings:
     """The Improved FireFly Algorithm's parameters (defaults of the IFA code, config `rbifa`)."""
@@ -148,11 +130,9 @@ class IFASettings:
 
     def __post_init__(self) -> None:
         check_fields(self, "rbifa", integers={"population": 2, "generations": 0, "max_chances": 1, "seed": 0},
-                     numbers={"alpha": (0, math.inf), "beta0": (0, 1), "gamma": (0, math.inf),
-                              "mutation_prob": (0, 1)})
+                     numbers={"alpha": (0, math.inf), "beta0": (0, 1), "gamma": (0, math.inf), "mutation_prob": (0, 1)})
 
 
-# -- metric cache ----------------------------------------------------------------------------
 class MetricCache:
     """`metrics` by encoding: each distinct encoding is scored once, new ones in one batch. Share
     one cache between runs on the same metrics (e.g. the Wp grid of a pseudo front)."""
@@ -166,8 +146,7 @@ class MetricCache:
         return len(self.values)
 
     def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        X = np.asarray(X, dtype=np.int64)
-        keys = [encoding_key(x) for x in X]
+        keys = [encoding_key(x) for x in np.asarray(X, dtype=np.int64)]
         new = list(dict.fromkeys(k for k in keys if k not in self.values))
         if new:
             perf, eff = self.metrics(np.array(new, dtype=np.int64))
@@ -199,7 +178,6 @@ class MetricCache:
             self.values.setdefault(encoding_key(key), (np.asarray(perf, dtype=float), np.asarray(eff, dtype=float)))
 
 
-# -- results and state -----------------------------------------------------------------------
 @dataclass
 class IFAResult:
     """RB-IFA: `X` is the archive of bests in the order found and `best` the brightest of it at
@@ -214,40 +192,50 @@ class IFAResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _identity(method: str, wp: float | None, settings: IFASettings, space: SearchSpace) -> dict[str, Any]:
-    """What a state file must match to be resumed; `generations` may grow between runs."""
-    fixed = {k: v.item() if isinstance(v, np.generic) else v for k, v in asdict(settings).items()
-             if k != "generations"}
-    return {"format": STATE_FORMAT, "method": method, "wp": wp, "settings": fixed,
-            "xl": space.xl.tolist(), "xu": space.xu.tolist()}
+class _Run:
+    """What RB-IFA and PF-IFA share: metric cache, RNG and state file (which must match the run in all but
+    `generations`, that may grow). `state` is the saved state (None for a new run), its cache and RNG restored."""
+
+    def __init__(self, method: str, wp: float | None, space: SearchSpace, metrics: Metrics | MetricCache,
+                 settings: IFASettings, state_path: str | Path | None) -> None:
+        self.cache = metrics if isinstance(metrics, MetricCache) else MetricCache(metrics)
+        self.path = Path(state_path) if state_path is not None else None
+        fixed = {k: v.item() if isinstance(v, np.generic) else v for k, v in asdict(settings).items()
+                 if k != "generations"}
+        self.identity = {"format": STATE_FORMAT, "method": method, "wp": wp, "settings": fixed,
+                         "xl": space.xl.tolist(), "xu": space.xu.tolist()}
+        self.state = self._load() if self.path is not None and self.path.exists() else None
+        self.rng = np.random.default_rng(settings.seed)
+        self.n_var = space.n_var
+        if self.state is not None:
+            self.cache.load(self.state["cache"])
+            self.rng.bit_generator.state = self.state["rng"]
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"IFA state {self.path} is not valid JSON ({err}); delete it to start over") from None
+        if not isinstance(state, dict):
+            raise ValueError(f"IFA state {self.path}: expected a JSON object; delete it to start over")
+        for key, value in self.identity.items():
+            if state.get(key) != value:
+                raise ValueError(f"IFA state {self.path} was written with {key} = {state.get(key)!r}, not {value!r}; "
+                                 "resume with the same settings or delete the file to start over")
+        return state
+
+    def rows(self, key: str) -> np.ndarray:
+        """The encodings saved under `key`, one per row."""
+        return np.asarray(self.state[key], dtype=np.int64).reshape(-1, self.n_var)
+
+    def save(self, generation: int, X: np.ndarray, history: list[dict[str, Any]], **fields: Any) -> None:
+        """Write the state atomically (the method's `fields` after the population)."""
+        if self.path is not None:
+            write_json(self.path, {**self.identity, "generation": generation, "X": X.tolist(), **fields,
+                                   "rng": self.rng.bit_generator.state, "cache": self.cache.to_json(),
+                                   "history": history}, indent=None)
 
 
-def _load_state(path: Path | None, identity: dict[str, Any]) -> dict[str, Any] | None:
-    if path is None or not path.exists():
-        return None
-    try:
-        state = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"IFA state {path} is not valid JSON ({err}); delete it to start over") from None
-    if not isinstance(state, dict):
-        raise ValueError(f"IFA state {path}: expected a JSON object; delete it to start over")
-    for key, value in identity.items():
-        if state.get(key) != value:
-            raise ValueError(f"IFA state {path} was written with {key} = {state.get(key)!r}, not {value!r}; "
-                             "resume with the same settings or delete the file to start over")
-    return state
-
-
-def _rows(X: Any, n_var: int) -> np.ndarray:
-    return np.asarray(X, dtype=np.int64).reshape(-1, n_var)
-
-
-def _unique(X: np.ndarray) -> np.ndarray:
-    """Distinct rows in order of first occurrence."""
-    return X[np.sort(np.unique(X, axis=0, return_index=True)[1])] if len(X) else X
-
-
-# -- operators -------------------------------------------------------------------------------
 def _move(space: SearchSpace, X: np.ndarray, bright: np.ndarray, attractors: np.ndarray,
           attractor_bright: np.ndarray, s: IFASettings, rng: np.random.Generator) -> np.ndarray:
     """Firefly moves (module docstring, step 1); lower brightness value = brighter."""
@@ -277,8 +265,7 @@ def _genetic(space: SearchSpace, pool: np.ndarray, bright: np.ndarray, n: int, s
     random reset of each variable gene with rate 1/n_var (at least one), repaired."""
     pairs = rng.integers(len(pool), size=(2, n, 2))
     winners = np.where(bright[pairs[..., 0]] <= bright[pairs[..., 1]], pairs[..., 0], pairs[..., 1])
-    mothers, fathers = pool[winners[0]], pool[winners[1]]
-    children = np.where(rng.random((n, space.n_var)) < 0.5, mothers, fathers)
+    children = np.where(rng.random((n, space.n_var)) < 0.5, pool[winners[0]], pool[winners[1]])
     variable = np.flatnonzero(space.xu > space.xl)
     reset = rng.random((n, len(variable))) < 1.0 / len(variable)
     reset[np.arange(n), rng.integers(len(variable), size=n)] = True
@@ -288,24 +275,14 @@ def _genetic(space: SearchSpace, pool: np.ndarray, bright: np.ndarray, n: int, s
     return space.repair(children)
 
 
-def _stopper(stop: Callable[[], bool] | None) -> Callable[[], bool]:
-    return stop if stop is not None else (lambda: False)
-
-
-# -- RB-IFA ----------------------------------------------------------------------------------
 def rb_ifa(space: SearchSpace, metrics: Metrics | MetricCache, wp: float, settings: IFASettings = IFASettings(),
            state_path: str | Path | None = None, *, stop: Callable[[], bool] | None = None,
            on_generation: Callable[[dict[str, Any]], None] | None = None) -> IFAResult:
-    """Rank-based IFA at performance weight `wp` for `settings.generations` generations (or until
-    `stop()` is true at the start of one); continues `state_path` when it exists. `on_generation`
-    gets each generation's history entry after its state is saved."""
+    """Rank-based IFA at performance weight `wp` for `settings.generations` generations (or until `stop()` is true
+    at the start of one), continuing `state_path` if it exists; `on_generation` gets each history entry once saved."""
     wp = check_wp(wp)
-    cache = metrics if isinstance(metrics, MetricCache) else MetricCache(metrics)
-    path = Path(state_path) if state_path is not None else None
-    identity = _identity("rbifa", wp, settings, space)
-    state = _load_state(path, identity)
-    rng = np.random.default_rng(settings.seed)
-    n_var = space.n_var
+    run = _Run("rbifa", wp, space, metrics, settings, state_path)
+    cache, rng, state = run.cache, run.rng, run.state
 
     def score(X: np.ndarray) -> np.ndarray:
         return rank_score(*cache(X), wp)
@@ -314,28 +291,19 @@ def rb_ifa(space: SearchSpace, metrics: Metrics | MetricCache, wp: float, settin
         """Champion first, so that ties keep it (improvement must be strict)."""
         return np.vstack([champion[None], X])
 
+    def save() -> None:
+        run.save(generation, X, history, champion=champion.tolist(), bests=[b.tolist() for b in bests],
+                 stagnant=stagnant)
+
     if state is None:
         X = space.sample(rng, settings.population)
         champion = X[int(np.argmin(score(X)))]
         bests, generation, stagnant, history = [champion], 0, 0, []
-    else:
-        cache.load(state["cache"])
-        rng.bit_generator.state = state["rng"]
-        X, champion = _rows(state["X"], n_var), _rows(state["champion"], n_var)[0]
-        bests = list(_rows(state["bests"], n_var))
-        generation, stagnant, history = state["generation"], state["stagnant"], state["history"]
-
-    def save() -> None:
-        if path is not None:
-            write_json(path, {**identity, "generation": generation, "X": X.tolist(), "champion": champion.tolist(),
-                              "bests": [b.tolist() for b in bests], "stagnant": stagnant,
-                              "rng": rng.bit_generator.state, "cache": cache.to_json(), "history": history},
-                       indent=None)
-
-    if state is None:
         save()
-    should_stop = _stopper(stop)
-    while generation < settings.generations and not should_stop():
+    else:
+        X, champion, bests = run.rows("X"), run.rows("champion")[0], list(run.rows("bests"))
+        generation, stagnant, history = state["generation"], state["stagnant"], state["history"]
+    while generation < settings.generations and not (stop is not None and stop()):
         t0 = time.perf_counter()
         pool = pool_of(X, champion)
         R = score(pool)
@@ -361,13 +329,13 @@ def rb_ifa(space: SearchSpace, metrics: Metrics | MetricCache, wp: float, settin
         save()
         if on_generation is not None:
             on_generation(history[-1])
-    B = _unique(np.array(bests, dtype=np.int64))
+    B = np.array(bests, dtype=np.int64)
+    B = B[unique_rows(B)]
     perf, eff = cache(B)
     best = B[int(np.argmin(rank_score(perf, eff, wp)))]
     return IFAResult(B, perf, eff, best, generation, len(cache), history)
 
 
-# -- PF-IFA ----------------------------------------------------------------------------------
 def _objectives(cache: MetricCache, X: np.ndarray) -> np.ndarray:
     return np.hstack(cache(X))
 
@@ -375,59 +343,37 @@ def _objectives(cache: MetricCache, X: np.ndarray) -> np.ndarray:
 def pf_ifa(space: SearchSpace, metrics: Metrics | MetricCache, settings: IFASettings = IFASettings(),
            state_path: str | Path | None = None, *, stop: Callable[[], bool] | None = None,
            on_generation: Callable[[dict[str, Any]], None] | None = None) -> IFAResult:
-    """Pareto-front IFA, the paper's Algorithm 1, on all perf and eff columns.
-
-    Brightness is the non-dominated front index within the current population. After each firefly
-    iteration the front is the current population's non-dominated set. When it outnumbers the
-    largest front so far (0 at the start), that size is kept and the population grows to
-    `population` + that size with random newcomers; otherwise one chance is spent. Growth does not
-    restore chances: the genetic iteration replaces the population (same size) when none is left,
-    and only then are they restored. The result is the last front computed, as the paper's
-    candidates list (a genetic iteration in the last generation does not replace it).
-
-    Why `population` + front size: Algorithm 1 sets the population size from the front's size, and
-    the front of the current population never outnumbers it, so the size alone could only shrink
-    the population; keeping `population` members beyond the largest front is the reading under
-    which the population grows with the front and the front has room to keep growing.
-    """
-    cache = metrics if isinstance(metrics, MetricCache) else MetricCache(metrics)
-    path = Path(state_path) if state_path is not None else None
-    identity = _identity("pfifa", None, settings, space)
-    state = _load_state(path, identity)
-    rng = np.random.default_rng(settings.seed)
-    n_var = space.n_var
+    """Pareto-front IFA (the paper's Algorithm 1) on all perf and eff columns; brightness is the front index within the
+    population. When the population's front outnumbers the largest so far (0 at first), the population grows to
+    `population` + its size with random newcomers; otherwise a chance is spent, and with none left the genetic iteration
+    replaces the population (same size) and restores them. The result is the last front computed, before any genetic
+    iteration (the paper's candidates list). Why `population` + front size: Algorithm 1 sizes the population by the
+    front, which never outnumbers its population, so that alone could only shrink it."""
+    run = _Run("pfifa", None, space, metrics, settings, state_path)
+    cache, rng, state = run.cache, run.rng, run.state
 
     def front_of(X: np.ndarray) -> np.ndarray:
-        X = _unique(X)
+        X = X[unique_rows(X)]
         return X[non_dominated(_objectives(cache, X))]
+
+    def save() -> None:
+        run.save(generation, X, history, front=front.tolist(), front_size=front_size, chances=chances)
 
     if state is None:
         X = space.sample(rng, settings.population)
         front = front_of(X)
         front_size, chances, generation, history = 0, settings.max_chances, 0, []
+        save()
     else:
-        cache.load(state["cache"])
-        rng.bit_generator.state = state["rng"]
-        X, front = _rows(state["X"], n_var), _rows(state["front"], n_var)
+        X, front = run.rows("X"), run.rows("front")
         front_size, chances = state["front_size"], state["chances"]
         generation, history = state["generation"], state["history"]
-
-    def save() -> None:
-        if path is not None:
-            write_json(path, {**identity, "generation": generation, "X": X.tolist(), "front": front.tolist(),
-                              "front_size": front_size, "chances": chances, "rng": rng.bit_generator.state,
-                              "cache": cache.to_json(), "history": history}, indent=None)
-
-    if state is None:
-        save()
-    should_stop = _stopper(stop)
-    while generation < settings.generations and not should_stop():
+    while generation < settings.generations and not (stop is not None and stop()):
         t0 = time.perf_counter()
-        n = len(X)
         bright = front_index(_objectives(cache, X))
         moved = _move(space, X, bright, X, bright, settings, rng)
         joint = front_index(_objectives(cache, np.vstack([X, moved])))
-        accept = joint[n:] <= joint[:n]
+        accept = joint[len(X):] <= joint[:len(X)]
         X = np.where(accept[:, None], moved, X)
         front = front_of(X)
         if len(front) > front_size:
@@ -446,11 +392,9 @@ def pf_ifa(space: SearchSpace, metrics: Metrics | MetricCache, settings: IFASett
         save()
         if on_generation is not None:
             on_generation(history[-1])
-    perf, eff = cache(front)
-    return IFAResult(front, perf, eff, None, generation, len(cache), history)
+    return IFAResult(front, *cache(front), None, generation, len(cache), history)
 
 
-# -- pseudo-Pareto front ---------------------------------------------------------------------
 @dataclass
 class PseudoFront:
     """The non-dominated union of the archives of bests of RB-IFA runs over a Wp grid."""
@@ -465,9 +409,8 @@ def pseudo_front(space: SearchSpace, metrics: Metrics | MetricCache, wps: Sequen
                  settings: IFASettings = IFASettings(), state_path: Callable[[float], Path] | None = None, *,
                  seconds_per_wp: float | None = None,
                  on_generation: Callable[[float, dict[str, Any]], None] | None = None) -> PseudoFront:
-    """RB-IFA at every wp (one shared metric cache, the state of wp in `state_path(wp)`), then the
-    non-dominated union of their archives of bests over all perf and eff columns.
-    `seconds_per_wp` stops each run after that wall time (at a generation boundary)."""
+    """RB-IFA at every wp (one shared metric cache, wp's state in `state_path(wp)`), then the union of their archives
+    of bests, non-dominated over all columns; `seconds_per_wp` stops each run after that time (between generations)."""
     wps = parse_wps(list(wps))
     cache = metrics if isinstance(metrics, MetricCache) else MetricCache(metrics)
     runs = {}
@@ -476,14 +419,13 @@ def pseudo_front(space: SearchSpace, metrics: Metrics | MetricCache, wps: Sequen
         runs[wp] = rb_ifa(space, cache, wp, settings, None if state_path is None else state_path(wp),
                           stop=None if deadline is None else (lambda d=deadline: time.perf_counter() >= d),
                           on_generation=None if on_generation is None else (lambda e, w=wp: on_generation(w, e)))
-    X = _unique(np.vstack([r.X for r in runs.values()]))
+    X = np.vstack([r.X for r in runs.values()])
+    X = X[unique_rows(X)]
     X = X[non_dominated(_objectives(cache, X))]
-    perf, eff = cache(X)
-    return PseudoFront(X, perf, eff, runs)
+    return PseudoFront(X, *cache(X), runs)
 
 
-# -- the selector ----------------------------------------------------------------------------
-def _signed(keys: Sequence[str] | Mapping[str, int], role: str) -> dict[str, int]:
+def _signed(keys: Keys, role: str) -> dict[str, int]:
     if isinstance(keys, str):
         keys = [keys]
     if isinstance(keys, Mapping):
@@ -515,12 +457,10 @@ def _record_matrix(records: Sequence[Mapping[str, Any]], signs: dict[str, int]) 
     return out
 
 
-def rb_scores(records: Sequence[Mapping[str, Any]], wp: float,
-              perf_keys: Sequence[str] | Mapping[str, int] = ("val_top1",),
-              eff_keys: Sequence[str] | Mapping[str, int] = ("macs",)) -> np.ndarray:
-    """Eq. 6 over `records` (e.g. the rows of the final front or an archive's records). Keys in
-    `DIRECTIONS` know their direction; others need a mapping key -> +1 (lower is better) / -1.
-    A missing value (None) ranks last."""
+def rb_scores(records: Sequence[Mapping[str, Any]], wp: float, perf_keys: Keys = ("val_top1",),
+              eff_keys: Keys = ("macs",)) -> np.ndarray:
+    """Eq. 6 over `records` (e.g. the rows of the final front or an archive's records). Keys in `DIRECTIONS` know their
+    direction; others need a mapping key -> +1 (lower is better) / -1. A missing value (None) ranks last."""
     if not records:
         raise ValueError("rb_scores: expected at least one record")
     perf = _record_matrix(records, _signed(perf_keys, "performance"))
@@ -528,9 +468,8 @@ def rb_scores(records: Sequence[Mapping[str, Any]], wp: float,
     return rank_score(perf, eff, wp)
 
 
-def rb_select(records: Sequence[Mapping[str, Any]], wp: float,
-              perf_keys: Sequence[str] | Mapping[str, int] = ("val_top1",),
-              eff_keys: Sequence[str] | Mapping[str, int] = ("macs",)) -> list[int]:
+def rb_select(records: Sequence[Mapping[str, Any]], wp: float, perf_keys: Keys = ("val_top1",),
+              eff_keys: Keys = ("macs",)) -> list[int]:
     """Indices of `records`, brightest first by `rb_scores` at `wp`: wp = 1 puts the most accurate
     first, wp = 0 the cheapest. Ties are broken by the balanced score (wp = 0.5), then by position."""
     primary = rb_scores(records, wp, perf_keys, eff_keys)

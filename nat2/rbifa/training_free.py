@@ -1,18 +1,14 @@
-"""The training-free search: RB-IFA (or PF-IFA) over the NAT2 encoding, scoring subnets by
-ICD and Synflow (performance) and MACs (efficiency) without any accuracy evaluation.
+"""The training-free search: RB-IFA (or PF-IFA) over the NAT2 encoding, scoring subnets by ICD
+and Synflow (performance) and MACs (efficiency), without any accuracy evaluation.
 
-Its files (`TrainingFreeFiles`, placed by the caller):
-    metrics       JSONL: ICD, log10 Synflow, params, MACs of every scored encoding
-    state(wp)     RB-IFA state per Wp (wp None: PF-IFA), what a resume continues
-    result        the chosen subnet per Wp and the (pseudo-)Pareto front
-    front_plot    MACs vs ICD: everything scored, the front, the chosen
-    warm_start    (optional) encodings to seed a NAT2 archive
+Its files (`TrainingFreeFiles`): metrics (JSONL of every scored encoding), state(wp) (RB-IFA
+state per Wp, None for PF-IFA: what a resume continues), result (the chosen subnet per Wp and the
+front), front_plot (MACs vs ICD) and, optionally, warm_start (encodings to seed a NAT2 archive).
 
-Every candidate is scored the same way: its subnet (weights inherited from the supernet of its
-width, or a fresh init seeded by the encoding), BN recalibrated on the calibration images at its
-resolution, ICD on one fixed batch of `rbifa.batch_size` training images (eval transforms) at its
-resolution, Synflow on an all-ones image at its resolution, MACs from the analytic cost model.
-The search is single-process (the caller runs it on one rank).
+Every candidate is scored alike, at its resolution: its subnet (inherited from the supernet of
+its width, or freshly initialised, seeded by the encoding) with BN recalibrated on the calibration
+images, ICD on one fixed batch of `rbifa.batch_size` training images (eval transforms), Synflow
+on an all-ones image, MACs from the analytic cost model. Single-process (the caller picks a rank).
 """
 from __future__ import annotations
 
@@ -62,9 +58,8 @@ class TrainingFreeFiles(Protocol):
 
 
 class TrainingFreeMetrics:
-    """`metrics(X) -> (perf, eff)` for the IFA: perf = (-ICD, -log10 Synflow), eff = (MACs,), all
-    lower-is-better; `record(x)` gives the raw values. Scored encodings are appended to
-    `cache_path` (JSONL) as they come, so a resumed search does not score them again."""
+    """`metrics(X) -> (perf, eff)` for the IFA: perf = (-ICD, -log10 Synflow), eff = (MACs,); `record(x)`
+    gives the raw values. Scored encodings are appended to `cache_path` (JSONL), so a resume skips them."""
 
     def __init__(self, space: SearchSpace, splits: Splits, *, supernets: Mapping[float, Supernet] | None = None,
                  init: str = "inherited", subnet_options: Mapping[str, Any] | None = None, batch_size: int = 64,
@@ -77,8 +72,7 @@ class TrainingFreeMetrics:
                               "rbifa.init to 'fresh' to score freshly initialised subnets")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 2 <= batch_size <= len(splits.train):
             raise ValueError(f"rbifa.batch_size = {batch_size!r}; expected an integer in 2..{len(splits.train)} "
-                              "(ICD needs at least 2 images; the training split has "
-                              f"{len(splits.train)})")
+                              f"(ICD needs at least 2 images; the training split has {len(splits.train)})")
         self.space, self.splits, self.supernets, self.init = space, splits, supernets, init
         self.subnet_options = dict(subnet_options or {})
         self.calibration_batch, self.seed, self.device, self.cache_path = calibration_batch, seed, device, cache_path
@@ -114,8 +108,7 @@ class TrainingFreeMetrics:
         key = encoding_key(encoding)
         if key not in self.records:
             x = np.asarray(encoding, dtype=np.int64)
-            arch = self.space.decode(x)
-            scores = training_free_metrics(self.subnet(x), self.images(arch.resolution))
+            scores = training_free_metrics(self.subnet(x), self.images(self.space.decode(x).resolution))
             params, macs = self.space.costs(x, self.splits.n_classes)
             record = {"encoding": [int(g) for g in x], **scores, "params": int(params[0]), "macs": int(macs[0])}
             self.records[key] = record
@@ -125,9 +118,8 @@ class TrainingFreeMetrics:
 
     def __call__(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = [self.record(x) for x in np.asarray(X, dtype=np.int64)]
-        perf = np.array([[-r[m] for m in PERF_METRICS] for r in rows], dtype=float).reshape(len(rows), -1)
-        eff = np.array([[r[m] for m in EFF_METRICS] for r in rows], dtype=float).reshape(len(rows), -1)
-        return perf, eff
+        return (np.array([[-r[m] for m in PERF_METRICS] for r in rows], dtype=float).reshape(len(rows), -1),
+                np.array([[r[m] for m in EFF_METRICS] for r in rows], dtype=float).reshape(len(rows), -1))
 
 
 def _row(space: SearchSpace, scorer: TrainingFreeMetrics, x: np.ndarray, **extra: Any) -> dict[str, Any]:
@@ -171,13 +163,12 @@ def training_free_search(space: SearchSpace, scorer: TrainingFreeMetrics, settin
         raise ValueError(f"strategy = {strategy!r}; expected one of {', '.join(STRATEGIES)}")
     wps = parse_wps(wps)
     cache = MetricCache(scorer)
-    interactive = sys.stderr.isatty()
     bars: dict[float | None, tqdm] = {}
 
     def progress(wp: float | None, entry: dict[str, Any]) -> None:
         if wp not in bars:
             bars[wp] = tqdm(total=settings.generations, desc=f"{strategy} wp {wp:g}" if wp is not None else strategy,
-                            leave=False, disable=not interactive)
+                            leave=False, disable=not sys.stderr.isatty())
         bars[wp].n = entry["generation"]
         bars[wp].set_postfix(evaluated=entry["evaluated"])
 
@@ -201,21 +192,12 @@ def training_free_search(space: SearchSpace, scorer: TrainingFreeMetrics, settin
     generations = {strategy if wp is None else f"wp {wp:g}": r.generations for wp, r in runs.items()}
     write_json(files.result, {
         "strategy": strategy, "wps": wps, "performance": list(PERF_METRICS), "efficiency": list(EFF_METRICS),
-        "synflow": "log10", "init": scorer.init, "generations": generations,
-        "evaluated": len(evaluated), "chosen": chosen, "front": front})
+        "synflow": "log10", "init": scorer.init, "generations": generations, "evaluated": len(evaluated),
+        "chosen": chosen, "front": front})
     front_plot(files.front_plot, evaluated, front, chosen,
                f"{strategy}: {len(front)} on the front, {len(evaluated)} scored")
     if warm_start:
-        encodings = {tuple(r["encoding"]): None for r in chosen + front}
-        write_json(files.warm_start, [list(e) for e in encodings])
+        write_json(files.warm_start, [list(e) for e in dict.fromkeys(tuple(r["encoding"]) for r in chosen + front)])
     log.info("training-free search (%s): %d subnets scored, %d on the front; %s", strategy, len(evaluated),
              len(front), files.result)
     return chosen
-
-
-def format_tf_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The chosen subnets as a table for the console."""
-    lines = [f"{'subnet':<7} {'wp':>5} {'ICD':>9} {'log10 SF':>9} {'params (M)':>10} {'MACs (M)':>9}  architecture"]
-    lines += [f"{r['id']:<7} {r['wp']:>5.2f} {r['icd']:>9.2f} {r['synflow']:>9.2f} {r['params'] / 1e6:>10.3f} "
-              f"{r['macs'] / 1e6:>9.2f}  {r['arch_str']}" for r in rows]
-    return "\n".join(lines)

@@ -1,6 +1,5 @@
-"""The NAT2 search: archive, predictor-driven NSGA-II candidates, evaluation with the supernets'
-shared weights, supernet adaptation, and the loop. Imports the search space, `supernets` and
-`predictors`; never the application."""
+"""The NAT2 search: archive, predictor-driven NSGA-II candidates, evaluation with the supernets' shared weights,
+supernet adaptation, and the loop. Imports the search space, `supernets` and `predictors`; never the application."""
 from .adaptation import AdaptSettings, adapt, better_half
 from .archive import Archive, ArchiveError, hypervolume, initial_archive, reference_point, survive
 from .candidates import choose_candidates, generate

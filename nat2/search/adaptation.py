@@ -1,9 +1,8 @@
 """Supernet adaptation between search iterations: train the subnets the search is heading for.
 
-An `ArchiveDistribution` is fitted on the better half of the archive (by the archive's own
-survival over its objectives); each step samples subnets from it, with ENS-KD from the warm-up
-supernet's max network. One adaptation phase spans all iterations (its cosine schedule covers
-epochs x iterations); iteration k trains its epochs up to k x epochs.
+Each step samples subnets from an `ArchiveDistribution` fitted on the archive's better half (by its
+own survival), with ENS-KD from the warm-up supernet's max network. One adaptation phase spans all
+iterations (its cosine schedule covers epochs x iterations); iteration k trains up to k x epochs.
 """
 from __future__ import annotations
 
@@ -30,10 +29,9 @@ ADAPT_PHASE_INDEX = 100  # seeds the adaptation's data order and sampling apart 
 
 @dataclass(frozen=True)
 class AdaptSettings:
-    """Adaptation between search iterations (config `search.adapt`); `epochs` per iteration, 0
-    turns adaptation off. `smoothing`: pseudo-counts per value of every factor of the
-    distribution (the exit, a stage's depth given the exit, a block's choice), fitted on the
-    archive's better half by survival; > 0 keeps values that half lacks reachable."""
+    """Adaptation between search iterations (config `search.adapt`): `epochs` per iteration (0: off);
+    `smoothing`: pseudo-counts per value of every factor of the `ArchiveDistribution` (the exit, a
+    stage's depth given the exit, a block's choice); > 0 keeps values the better half lacks reachable."""
 
     epochs: int = 5
     lr: float = 7.5e-3
@@ -43,15 +41,13 @@ class AdaptSettings:
     smoothing: float = 0.0
 
     def __post_init__(self) -> None:
-        check_fields(self, "search.adapt", integers={"epochs": 0, "subnets_per_step": 1},
-                     numbers=dict.fromkeys(("lr", "weight_decay", "grad_clip", "smoothing"), (0, math.inf)),
-                     nullable=("grad_clip",))
+        check_fields(self, "search.adapt", integers={"epochs": 0, "subnets_per_step": 1}, nullable=("grad_clip",),
+                     numbers=dict.fromkeys(("lr", "weight_decay", "grad_clip", "smoothing"), (0, math.inf)))
 
 
 def better_half(records: list[Record], objectives: Sequence[str]) -> np.ndarray:
-    """Encodings of the half of the records (at least one) that the archive's survival keeps over
-    its objectives: the search's notion of better, so the cheap end of the front is trained too
-    (top-1 alone picks the expensive half)."""
+    """Encodings of the half (at least one) of the records that the archive's survival keeps: the search's
+    notion of better, so the cheap end of the front is trained too (top-1 alone picks the expensive half)."""
     kept = survive(objective_matrix(records, objectives), max(1, len(records) // 2))
     return np.array([records[i]["encoding"] for i in kept], dtype=np.int64)
 

@@ -24,7 +24,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 from pymoo.util.reference_direction import get_partition_closest_to_points
 
 from ..files import write_json
-from ..space import EncodingError, SearchSpace, encoding_key
+from ..space import EncodingError, SearchSpace, encoding_key, unique_rows
 
 OBJECTIVES = ("acc", "params", "macs")
 FORMAT = "nat2-archive"
@@ -38,8 +38,7 @@ class ArchiveError(ValueError):
 def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     """Objective names as a tuple; unknown, repeated or no names raise ValueError."""
     names = tuple(objectives)
-    unknown = [o for o in names if o not in OBJECTIVES]
-    if not names or unknown or len(set(names)) != len(names):
+    if not names or any(o not in OBJECTIVES for o in names) or len(set(names)) != len(names):
         raise ValueError(f"objectives {list(names)} must be distinct names from {list(OBJECTIVES)}")
     return names
 
@@ -70,14 +69,6 @@ def survive(F: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     kept = survival.do(Problem(n_var=1, n_obj=n_obj), Population.new(F=F), n_survive=n, return_indices=True,
                        random_state=np.random.default_rng(seed))
     return np.sort(np.asarray(kept, dtype=np.int64))
-
-
-def unique_rows(X: np.ndarray) -> np.ndarray:
-    """Indices of the first occurrence of each distinct row, in their original order."""
-    if not len(X):
-        return np.empty(0, dtype=np.int64)
-    _, first = np.unique(X, axis=0, return_index=True)
-    return np.sort(first)
 
 
 def _is_number(value: Any) -> bool:
@@ -171,7 +162,6 @@ class Archive:
     def F(self) -> np.ndarray:
         return objective_matrix(self.records, self.objectives)
 
-    # -- persistence ------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "size": self.size, "objectives": list(self.objectives), "pinned": self.pinned,
                 "records": [dict(r) for r in self.records]}
@@ -249,6 +239,4 @@ def hypervolume(F: np.ndarray, ref_point: np.ndarray, ideal: np.ndarray) -> floa
     points outside the box contribute nothing."""
     ref_point, ideal = np.asarray(ref_point, dtype=float), np.asarray(ideal, dtype=float)
     F = np.asarray(F, dtype=float).reshape(-1, len(ref_point))
-    if not len(F):
-        return 0.0
-    return float(HV(ref_point=np.ones(len(ref_point)))((F - ideal) / (ref_point - ideal)))
+    return float(HV(ref_point=np.ones(len(ref_point)))((F - ideal) / (ref_point - ideal))) if len(F) else 0.0

@@ -1,9 +1,7 @@
-"""Candidate generation for one NAT2 iteration: NSGA-II on the surrogate, then a spread subset.
-
-The predictor scores accuracy; params and MACs are exact from the analytic cost model. Every
-genotype the search operators produce is repaired to its canonical encoding before it is scored
-or deduplicated, so the surrogate never sees noise genes and duplicates are real duplicates.
-"""
+"""Candidate generation for one NAT2 iteration: NSGA-II on the surrogate, then a spread subset. The
+predictor scores accuracy; params and MACs are exact (analytic cost model). Every genotype the
+operators produce is repaired to its canonical encoding before it is scored or deduplicated, so the
+surrogate never sees noise genes and duplicates are real duplicates."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,8 +20,8 @@ from pymoo.operators.repair.rounding import RoundingRepair
 from pymoo.operators.sampling.rnd import BinaryRandomSampling
 from pymoo.optimize import minimize
 
-from .archive import Archive, check_objectives, objective_matrix, survive, unique_rows
-from ..space import SearchSpace
+from .archive import Archive, check_objectives, objective_matrix, survive
+from ..space import SearchSpace, unique_rows
 
 SUBSET_POP_SIZE = 100
 SUBSET_N_GEN = 60
@@ -66,8 +64,8 @@ class SurrogateProblem(Problem):
 
 
 def initial_population(space: SearchSpace, archive: Archive, pop_size: int, rng: np.random.Generator) -> np.ndarray:
-    """The archive's non-dominated encodings (thinned by survival if too many), topped up with
-    uniform samples: the search starts from what is known to be good, plus diversity."""
+    """The archive's front (thinned by survival if too many) topped up with uniform samples: the search
+    starts from what is known to be good, plus diversity."""
     front = archive.front()
     front_X = np.array([r["encoding"] for r in front], dtype=np.int64).reshape(len(front), space.n_var)
     front_X = front_X[survive(objective_matrix(front, archive.objectives), pop_size)]
@@ -79,19 +77,17 @@ def generate(space: SearchSpace, predictor: Predictor, archive: Archive, objecti
              *, pop_size: int = 100, n_gen: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(X, predicted F) of the final population of NSGA-II (GA for one objective) on the surrogate."""
     problem = SurrogateProblem(space, predictor, objectives, n_classes)
-    settings = dict(pop_size=pop_size,
-                    sampling=initial_population(space, archive, pop_size, np.random.default_rng(seed)),
-                    crossover=TwoPointCrossover(prob=0.9),
-                    mutation=PM(eta=1.0, vtype=float, repair=RoundingRepair()),
-                    repair=EncodingRepair(space), eliminate_duplicates=True)
+    sampling = initial_population(space, archive, pop_size, np.random.default_rng(seed))
+    settings = dict(pop_size=pop_size, sampling=sampling, crossover=TwoPointCrossover(prob=0.9),
+                    mutation=PM(eta=1.0, vtype=float, repair=RoundingRepair()), repair=EncodingRepair(space),
+                    eliminate_duplicates=True)
     algorithm: GeneticAlgorithm = GA(**settings) if problem.n_obj == 1 else NSGA2(**settings)
     pop = minimize(problem, algorithm, ("n_gen", n_gen), seed=seed, verbose=False).pop
     return pop.get("X").astype(np.int64), pop.get("F")
 
 
 class ExactCountRepair(Repair):
-    """Make every bit string choose exactly `k` items: keep a random k of its ones, or all of
-    them plus random zeros, so the GA only ever scores subsets of the requested size."""
+    """Make every bit string choose exactly `k` items (a random k of its ones, or all plus random zeros)."""
 
     def __init__(self, k: int) -> None:
         super().__init__()
@@ -107,13 +103,11 @@ class ExactCountRepair(Repair):
 
 
 class SubsetProblem(Problem):
-    """Bit string over the candidates -> how unevenly the front and the chosen candidates cover
-    the cost axes (values normalised per axis): the largest gap in their sorted union on the
-    worst axis (NSGANetV2's subset selection), ties broken by the sum of squared gaps over all
-    axes (small when the gaps are even; NSGANetV2 minimises their spread). The largest gap alone
-    is flat: every subset that cannot close the front's widest gap ties, so the GA's answer was
-    any of them. One scalar orders both: the largest gap in units of GAP_RESOLUTION, rounded,
-    plus half the squared gaps' mean over axes (at most 1/2)."""
+    """Bit string over the candidates -> how unevenly the front and the chosen candidates cover the cost axes
+    (normalised per axis): the largest gap in their sorted union on the worst axis (NSGANetV2's subset selection), ties
+    broken by the squared gaps (small when the gaps are even). The largest gap alone is flat: every subset that cannot
+    close the front's widest gap ties. One scalar orders both: the largest gap in units of GAP_RESOLUTION, rounded, plus
+    half the squared gaps' mean over axes (at most 1/2)."""
 
     def __init__(self, candidate_costs: np.ndarray, front_costs: np.ndarray) -> None:
         super().__init__(n_var=len(candidate_costs), n_obj=1, xl=0, xu=1, vtype=bool)

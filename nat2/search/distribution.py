@@ -1,11 +1,9 @@
 """A categorical model of archive encodings, for sampling the subnets that supernet adaptation trains.
 
-The model is factorised the way the encoding is built, not gene by gene: the resolution; the exit;
-each stage's depth given the exit; each block's choice given that the block exists. Counting every
-gene over every row would count the fixed filler genes of stages after a row's exit as
-architecture and break the link between the exit and the depths of the stages it reaches. Sampling
-whole archive rows would keep that link too, but `smoothing` pseudo-counts on every factor keep
-values the archive lacks reachable, so adaptation still trains their weights a little.
+Factorised as the encoding is built (resolution; exit; each stage's depth given the exit; each existing block's choice),
+not gene by gene, which would count the filler genes of stages after a row's exit as architecture and lose the link
+between the exit and the depths it reaches. Unlike whole archive rows, `smoothing` pseudo-counts keep values the archive
+lacks reachable, so adaptation still trains their weights a little.
 """
 from __future__ import annotations
 

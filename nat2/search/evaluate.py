@@ -1,8 +1,6 @@
-"""Scoring encodings with the supernets' shared weights: validation top-1, params, MACs.
-
-Results are appended to a JSONL file as they come, so a killed evaluation of thousands of subnets
-resumes where it stopped. Under torchrun, rank r scores rows r, r + world, ...; rank 0 writes.
-"""
+"""Scoring encodings with the supernets' shared weights: validation top-1, params, MACs. Results are
+appended to a JSONL file as they come, so a killed evaluation of thousands of subnets resumes where
+it stopped. Under torchrun, rank r scores rows r, r + world, ...; rank 0 writes."""
 from __future__ import annotations
 
 import logging
@@ -27,10 +25,8 @@ log = logging.getLogger(__name__)
 
 class Evaluator:
     """Validation (or, for the final report only, test) top-1 of encodings after BN recalibration.
-
-    The calibration and validation images are prepared once per resolution (`EvalData`, within
-    `cache_mb`) and reused for every subnet; on CUDA the forwards run in bf16 autocast and
-    channels_last unless `bf16` says otherwise."""
+    The images are prepared once per resolution (`EvalData`, within `cache_mb`) and reused for every
+    subnet; on CUDA the forwards run in bf16 autocast and channels_last unless `bf16` says otherwise."""
 
     def __init__(self, space: SearchSpace, supernets: dict[float, Supernet], splits: Splits, n_classes: int, *,
                  ctx: Dist = Dist(), batch_size: int = 256, calibration_batch: int = 100, num_workers: int = 0,
@@ -44,20 +40,17 @@ class Evaluator:
     def top1(self, encoding: Sequence[int], split: str = "val") -> float:
         """Top-1 (%) of one encoding on `split` ("val", or "test" for the final report)."""
         arch = self.space.decode(np.asarray(encoding))
-        supernet = self.supernets[arch.width]
-        correct, total = subnet_top1(supernet, arch, self.data, split, batch_size=self.batch_size,
+        correct, total = subnet_top1(self.supernets[arch.width], arch, self.data, split, batch_size=self.batch_size,
                                      calibration_batch=self.calibration_batch, bf16=self.bf16,
                                      channels_last=self.channels_last)
         return 100.0 * correct / total
 
     def evaluate(self, X: np.ndarray, iteration: int, cache: Path | None = None, desc: str = "evaluate",
                  split: str = "val", extra: Sequence[dict[str, Any]] | None = None) -> list[Record]:
-        """Records (encoding, top1, params, MACs, iteration) for the rows of `X`, in order.
-
-        Rows already in `cache` (JSONL) are not scored again; new ones are appended to it.
-        `extra` adds fields per row (e.g. the predicted top-1).
-        """
+        """Records (encoding, top1, params, MACs, iteration) for the rows of `X`, in order. Rows already
+        in `cache` (JSONL) are not scored again, new ones are appended to it; `extra` adds fields per row."""
         X = np.asarray(X, dtype=np.int64).reshape(-1, self.space.n_var)
+        extras = extra if extra is not None else [{}] * len(X)
         done = read_jsonl(cache) if cache is not None else {}
         todo = [i for i, x in enumerate(X) if encoding_key(x) not in done]
         params, macs = self.space.costs(X, self.n_classes) if len(X) else (np.zeros(0), np.zeros(0))
@@ -70,17 +63,11 @@ class Evaluator:
             if self.ctx.enabled:
                 gathered = [{} for _ in range(world)]
                 dist.all_gather_object(gathered, mine)
-            new = []
-            for part in gathered:
-                for i, top1 in part.items():
-                    record = {"encoding": [int(g) for g in X[i]], "top1": top1, "params": int(params[i]),
-                              "macs": int(macs[i]), "iteration": iteration}
-                    record.update(extra[i] if extra is not None else {})
-                    done[encoding_key(X[i])] = record
-                    new.append(record)
+            new = {i: {"encoding": [int(g) for g in X[i]], "top1": top1, "params": int(params[i]), "macs": int(macs[i]),
+                       "iteration": iteration, **extras[i]} for part in gathered for i, top1 in part.items()}
+            done.update((encoding_key(X[i]), record) for i, record in new.items())
             if cache is not None and self.ctx.is_main:
-                append_jsonl(cache, new)
+                append_jsonl(cache, new.values())
             bar.update(len(chunk))
         bar.close()
-        return [{**done[encoding_key(x)], "iteration": iteration, **(extra[i] if extra is not None else {})}
-                for i, x in enumerate(X)]
+        return [{**done[encoding_key(x)], "iteration": iteration, **extras[i]} for i, x in enumerate(X)]

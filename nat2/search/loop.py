@@ -1,17 +1,11 @@
-"""The NAT2 loop: archive -> predictor -> NSGA-II -> K candidates -> evaluation -> archive update ->
-supernet adaptation -> re-evaluation, resumable at every step.
+"""The NAT2 loop: archive -> predictor -> NSGA-II -> K candidates -> evaluation -> archive update -> supernet
+adaptation -> re-evaluation, resumable at every step.
 
-    state          objectives, fixed hypervolume reference, iterations done
-    archive(k)     the archive after iteration k (0: the initial archive)
-    stats(k)       hypervolume, predictor quality on the K new candidates, times
-    pareto(k)      archive, front, candidates predicted vs measured
-    evaluations    JSONL of the evaluations as they come (what a resume does not redo)
-    curves, final  hypervolume and predictor curves; the final front with its knees
-
-Where these files live is the caller's `SearchFiles` (the application's run directory).
-
-Every step is deterministic given the seed and the files before it, so a killed search resumed
-with `--resume` ends with the same archive as an uninterrupted one.
+Its files (`SearchFiles`, placed by the caller): state (objectives, fixed hypervolume reference, iterations done),
+archive(k) (after iteration k, 0 the initial one), stats(k) (hypervolume, predictor quality on the K new candidates,
+times), pareto(k) (plot), evaluations (JSONL as they come: what a resume does not redo), curves and final (the front
+with its knees). Every step is deterministic given the seed and the files before it, so a killed search resumed with
+`--resume` ends with the same archive as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -40,8 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class SearchFiles(Protocol):
-    """Where a search keeps its files; `kind` of `evaluations` is "evaluated" (the initial
-    sample), "candidates" or "reevaluated" (after adaptation)."""
+    """Where a search keeps its files; kinds of `evaluations`: "evaluated" (initial), "candidates", "reevaluated"."""
 
     @property
     def state(self) -> Path: ...
@@ -69,9 +62,8 @@ def read_front(files: SearchFiles) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The NAT2 search (defaults from the NAT2 paper): objectives (acc and params and/or macs), the
-    archive (size, initial sample = multiplier x size), iterations, K candidates per iteration,
-    NSGA-II population and generations on the predictor, the predictor's name, how many knees."""
+    """The NAT2 search (NAT2 paper defaults): objectives (acc, and params and/or macs), archive size, initial
+    sample (multiplier x size), iterations, K candidates each, NSGA-II on the predictor, predictor, knees."""
 
     objectives: tuple[str, ...] = ("acc", "params")
     archive_size: int = 300
@@ -97,13 +89,11 @@ class SearchSettings:
 
 
 def warm_start_encodings(path: str | None) -> np.ndarray | None:
-    """`search.warm_start`: a JSON list of encodings (e.g. tfsearch/warm_start.json) to put in
-    the initial sample."""
+    """`search.warm_start`: a JSON list of encodings (e.g. the training-free search's) for the initial sample."""
     if path is None:
         return None
-    file = Path(path)
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ArchiveError(f"search.warm_start = {path}: cannot read a JSON list of encodings ({err})") from None
     if not isinstance(data, list) or not data or len({len(x) if isinstance(x, list) else -1 for x in data}) != 1:
@@ -126,9 +116,8 @@ def build_predictor(name: str, seed: int) -> Any:
 
 
 def tradeoffs(F: np.ndarray) -> np.ndarray:
-    """The trade-off value of every point of a normalised front, as pymoo 0.6.2's
-    HighTradeoffPoints computes it and then keeps to itself: the least sacrifice per unit of gain
-    in moving to any neighbour within 0.125 (at least 2 x objectives neighbours)."""
+    """The trade-off of every point of a normalised front, as pymoo 0.6.2's HighTradeoffPoints computes
+    (and keeps to itself): the least sacrifice per unit of gain in moving to any neighbour within 0.125."""
     finder = NeighborFinder(F, epsilon=0.125, n_min_neigbors="auto", consider_2d=False)
     mu = np.full(len(F), -np.inf)
     with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
@@ -150,11 +139,6 @@ def high_tradeoff_points(F: np.ndarray) -> np.ndarray:
     return np.empty(0, dtype=np.int64) if found is None else found[np.argsort(-mu[found], kind="stable")]
 
 
-def _finite(values: dict[str, float]) -> dict[str, float | None]:
-    """NaN (a constant prediction has no rank correlation) as JSON null."""
-    return {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in values.items()}
-
-
 class Search:
     """One NAT2 search over `space`, scoring with `evaluator`, adapting with `adapt(k, archive)`."""
 
@@ -164,14 +148,6 @@ class Search:
         self.files, self.adapt, self.is_main = files, adapt, is_main
         self.objectives = settings.objectives
         self.state: dict[str, Any] = {}
-
-    # -- files -----------------------------------------------------------------------------
-    def _save(self, path: Path, data: Any) -> None:
-        if self.is_main:
-            write_json(path, data)
-
-    def _stats(self, k: int) -> list[dict[str, Any]]:
-        return [json.loads(self.files.stats(i).read_text()) for i in range(k + 1)]
 
     def _finish_iteration(self, k: int, archive: Archive, candidates: list[Record], stats: dict[str, Any]) -> None:
         ref, ideal = (np.array(self.state[key]) for key in ("reference_point", "ideal"))
@@ -183,13 +159,12 @@ class Search:
             pareto_plot(self.files.pareto(k), archive.records, archive.front(), candidates, cost,
                         f"iteration {k}: hypervolume {stats['hypervolume']:.4f}")
             archive.save(self.files.archive(k))  # last: its presence marks the iteration done
-            curves_plot(self.files.curves, self._stats(k))
+            curves_plot(self.files.curves, [json.loads(self.files.stats(i).read_text()) for i in range(k + 1)])
             self.state["iterations_done"] = k
             write_json(self.files.state, self.state)
         log.info("iteration %d: hypervolume %.4f, front %d, predictor %s", k, stats["hypervolume"],
                  stats["front_size"], stats.get("predictor") or "-")
 
-    # -- steps -----------------------------------------------------------------------------
     def initial(self) -> Archive:
         """Iteration 0: sample multiplier x size architectures, evaluate, keep the best by survival."""
         path = self.files.archive(0)
@@ -204,7 +179,8 @@ class Search:
         ref, ideal = reference_point(archive.F)
         self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
                           seed=s.seed, iterations_done=0)
-        self._save(self.files.state, self.state)
+        if self.is_main:
+            write_json(self.files.state, self.state)
         self._finish_iteration(0, archive, [], {"seconds": {"total": time.time() - t0}, "predictor": None})
         return archive
 
@@ -226,7 +202,9 @@ class Search:
         candidates = self.evaluator.evaluate(chosen, k, self.files.evaluations(k, "candidates"), f"iteration {k} candidates",
                                              extra=[{"predicted_top1": float(p)} for p in predicted])
         times["evaluate"] = time.time() - t
-        quality = _finite(correlation_report(np.array([c["top1"] for c in candidates]), predicted))
+        report = correlation_report(np.array([c["top1"] for c in candidates]), predicted)
+        # NaN (a constant prediction has no rank correlation) as JSON null
+        quality = {key: (None if v is None or not np.isfinite(v) else float(v)) for key, v in report.items()}
         archive.add(candidates, self.space)
         archive.shrink(seed)
         if self.adapt is not None:
@@ -258,9 +236,8 @@ class Search:
         return self.final(archive)
 
     def knees(self, front: Sequence[Record]) -> list[int]:
-        """Up to `knees` members of the front with the highest trade-offs among pymoo's high
-        trade-off points, filled up with members evenly spread along the last cost when pymoo
-        finds fewer."""
+        """Up to `knees` members of the front: pymoo's high trade-off points, highest first, filled up
+        with members evenly spread along the last cost when pymoo finds fewer."""
         n = min(self.settings.knees, len(front))
         if n == 0:
             return []
@@ -283,12 +260,6 @@ class Search:
         rows = [{"id": f"subnet_{i:02d}", "encoding": r["encoding"], "arch": self.space.decode(np.array(r["encoding"])).to_dict(),
                  "val_top1": r["top1"], "test_top1": t["top1"], "params": r["params"], "macs": r["macs"],
                  "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
-        self._save(self.files.final, rows)
+        if self.is_main:
+            write_json(self.files.final, rows)
         return rows
-
-
-def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = [f"{'subnet':<10} {'knee':>4} {'val top-1':>9} {'test top-1':>10} {'params (M)':>10} {'MACs (M)':>9}"]
-    lines += [f"{r['id']:<10} {'*' if r['knee'] else '':>4} {r['val_top1']:>9.2f} {r['test_top1']:>10.2f} "
-              f"{r['params'] / 1e6:>10.3f} {r['macs'] / 1e6:>9.2f}" for r in rows]
-    return "\n".join(lines)
