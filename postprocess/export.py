@@ -67,11 +67,6 @@ def exit_logits(folder: str | Path, fmt: str = "torch") -> Callable[[torch.Tenso
     return lambda x: list(as_exits(model(x)))
 
 
-def _outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
-    with torch.no_grad():
-        return [z.detach().cpu().numpy() for z in as_exits(model(x))]
-
-
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     if len(a) != len(b) or any(p.shape != q.shape for p, q in zip(a, b)):
         return float("inf")
@@ -119,10 +114,7 @@ def export_subnet(model: Subnet, folder: str | Path, metadata: dict[str, Any], *
 def check_export(model: nn.Module, folder: Path, x: torch.Tensor) -> dict[str, float]:
     """Max abs difference from `model` of the rebuilt module, the .pt2 program and onnxruntime,
     on a batch size other than the one traced (the batch axis must be dynamic)."""
-    reference = _outputs(model, x)
-    rebuilt = _outputs(load_subnet(folder), x)
-    program = _outputs(torch.export.load(folder / "model.pt2").module(), x)
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    onnx = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    return {"rebuilt": _max_diff(reference, rebuilt), "pt2": _max_diff(reference, program),
-            "onnx": _max_diff(reference, onnx)}
+    with torch.no_grad():
+        reference = [z.cpu().numpy() for z in as_exits(model(x))]
+        return {key: _max_diff(reference, [z.numpy() for z in exit_logits(folder, fmt)(x)])
+                for key, fmt in (("rebuilt", "torch"), ("pt2", "pt2"), ("onnx", "onnx"))}

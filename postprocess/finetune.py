@@ -37,8 +37,6 @@ from supernets.subnet import Subnet
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "sgd")
-
-
 Validation = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 
 
@@ -149,9 +147,8 @@ def keep_exits(model: Subnet, kept: Sequence[int]) -> Subnet:
 class Finetuner:
     """One fine-tuning step of one model: epochs of training, optional validation, checkpoints.
 
-    `validation` None trains blind for exactly `epochs` (step 2); otherwise it gives the
-    validation batches, whose loss and top-1 are logged every epoch and drive early stopping
-    (step 1).
+    `validation` None trains blind for exactly `epochs` (step 2); otherwise it gives the validation
+    batches, whose loss and top-1 are logged every epoch and drive early stopping (step 1).
     """
 
     def __init__(self, model: nn.Module, train: Dataset, resolution: int, options: FinetuneOptions,
@@ -215,8 +212,7 @@ class Finetuner:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
             row["train_loss"] = self._epoch(epoch)
             if self.validation is not None:
-                logits, labels = predict(self.model, self.validation(), self.beta)
-                val = scores(logits, labels, self.beta)
+                val = scores(*predict(self.model, self.validation(), self.beta), self.beta)
                 row.update(val_loss=val["loss"], val_top1=val["top1"])
                 if not math.isfinite(val["loss"]):
                     raise FinetuneError(f"{self.name}: validation loss is {val['loss']} after epoch {epoch + 1}")
@@ -262,8 +258,7 @@ def two_step(build: Callable[[], nn.Module], splits: Splits, resolution: int, op
     kept, kept_beta = exits, beta
     if prune and len(exits) > 1:
         step1.model.load_state_dict(load_checkpoint(out_dir / "step1" / "best.pt")["model"])
-        logits, labels = predict(step1.model, validation(), beta)
-        kept, kept_beta, _ = prune_exits(logits, labels, beta, exits)
+        kept, kept_beta, _ = prune_exits(*predict(step1.model, validation(), beta), beta, exits)
     step2 = Finetuner(build(), train_and_val(splits), resolution, options, out_dir / "step2", device,
                       name=f"{label} step 2")
     trained = step2.run(e)

@@ -1,8 +1,6 @@
-"""The base class every predictor derives from, and the input scaling several of them share.
-
-One place validates inputs, so that all models reject bad data with the same ValueError and an
-unfitted model raises sklearn's NotFittedError, whatever library sits underneath.
-"""
+"""The base class of every predictor, and the input scaling several share. Inputs are validated in
+one place, so that every model rejects bad data with the same ValueError and an unfitted one raises
+sklearn's NotFittedError, whatever library sits underneath."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,6 +30,10 @@ class Predictor(RegressorMixin, BaseEstimator):
             raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
         return np.asarray(self._predict(X), dtype=np.float64).reshape(len(X))
+
+    def _keep_params(self, init_locals: dict[str, object]) -> None:
+        """Store `__init__`'s arguments (pass `locals()`) as they are, where sklearn's get_params reads them."""
+        vars(self).update({name: value for name, value in init_locals.items() if name != "self"})
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         self.model_ = self._build().fit(X, y)

@@ -14,36 +14,26 @@ from .base import Predictor
 class LGBPredictor(Predictor):
     """LightGBM with a huber objective, set for archives of a few hundred rows.
 
-    Small trees (7 leaves of >= 10 rows), many of them (400) at a low learning rate (0.04), each
-    on 80% of the rows and of the features: a surface that is mostly additive in the genes with
-    mild interactions is learnt as a sum of small steps, and no leaf fits the noise of a single
-    evaluation. Mean held-out Kendall tau over 5 draws of 300 synthetic encodings (the function
-    of tests/test_predictors.py, alone / plus threshold interactions): 0.876 / 0.864 here;
-    0.860 / 0.837 with LightGBM's defaults (31 leaves of >= 20 rows, 100 trees at 0.1, no
-    subsampling); 0.867 / 0.849 with 15 leaves of >= 10 rows; 0.839 / 0.811 with 31 leaves of
-    >= 5 rows; 0.865 / 0.850 without subsampling. 4 leaves scored 0.884 / 0.872 on these
-    low-order surfaces; 7 leave room for the interactions of real encodings (depth x kernel x
-    expand). Fit + predict ~0.03 s.
+    Many (400) small trees (7 leaves of >= 10 rows) at a low learning rate (0.04), each on 80% of
+    the rows and of the features, learn a mostly additive surface as a sum of small steps, and no
+    leaf fits the noise of one evaluation. Mean held-out Kendall tau over 5 draws of 300 synthetic
+    encodings (the function of tests/test_predictors.py, alone / plus threshold interactions):
+    0.876 / 0.864 here; 0.860 / 0.837 with LightGBM's defaults (31 leaves of >= 20 rows, 100 trees
+    at 0.1, no subsampling); 0.867 / 0.849 with 15 leaves; 0.839 / 0.811 with 31 leaves of >= 5
+    rows; 0.865 / 0.850 without subsampling. 4 leaves scored 0.884 / 0.872 on these low-order
+    surfaces; 7 leave room for the interactions of real encodings (depth x kernel x expand).
 
-    The target is standardised, so `huber_delta` (LightGBM's `alpha`) is in standard
-    deviations: residuals beyond 0.9 sd (a badly trained or mis-evaluated subnet) pull linearly,
-    not quadratically, whether accuracy is a fraction or a percent. On Gaussian noise it scores
-    as squared error does (0.878 / 0.865); with 5% of the rows dropped by 0.1 (failed
-    evaluations) it keeps 0.756 where squared error falls to 0.683. Deterministic given
-    `random_state` (deterministic=True, row-wise histograms, one thread).
+    The target is standardised, so `huber_delta` (LightGBM's `alpha`) is in standard deviations
+    whether accuracy is a fraction or a percent: residuals beyond 0.9 sd (a badly trained or
+    mis-evaluated subnet) pull linearly. As good as squared error on Gaussian noise (0.878 /
+    0.865); with 5% of the rows dropped by 0.1 (failed evaluations) 0.756 against its 0.683.
+    Fit + predict ~0.03 s; deterministic given `random_state` (row-wise histograms, one thread).
     """
 
     def __init__(self, n_estimators: int = 400, learning_rate: float = 0.04, num_leaves: int = 7,
                  min_child_samples: int = 10, subsample: float = 0.8, colsample_bytree: float = 0.8,
                  huber_delta: float = 0.9, random_state: int = 0) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.huber_delta = huber_delta
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _build(self):
         model = LGBMRegressor(
@@ -57,16 +47,13 @@ class LGBPredictor(Predictor):
 
 class CatBoostPredictor(Predictor):
     """CatBoost (symmetric trees, ordered boosting), which resists overfitting small tables with
-    little tuning. Depth 4 rather than CatBoost's 6, for the same reason as LightGBM's small
-    trees: held-out Kendall tau 0.894 / 0.885 against 0.873 / 0.859 at depth 6 on the synthetic
-    encodings of LGBPredictor's docstring, in ~0.1 s. One thread, no files written, silent."""
+    little tuning. Depth 4, not 6, for the reason LightGBM's trees are small: held-out Kendall tau
+    0.894 / 0.885 against 0.873 / 0.859 at depth 6 on LGBPredictor's synthetic encodings, in
+    ~0.1 s. One thread, no files written, silent."""
 
     def __init__(self, iterations: int = 500, learning_rate: float = 0.05, depth: int = 4,
                  random_state: int = 0) -> None:
-        self.iterations = iterations
-        self.learning_rate = learning_rate
-        self.depth = depth
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _build(self):
         return CatBoostRegressor(

@@ -14,7 +14,7 @@ class RidgePredictor(Predictor):
     """Linear least squares with an L2 penalty: the baseline every other model must beat."""
 
     def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = alpha
+        self._keep_params(locals())
 
     def _build(self):
         return scaled(Ridge(alpha=self.alpha))
@@ -29,14 +29,11 @@ class BayesianRidgePredictor(Predictor):
 
 class SVRPredictor(Predictor):
     """Support vector regression (RBF kernel) on a standardised target, so that `epsilon` is in
-    standard deviations: on raw accuracies (sd ~0.025 on the synthetic encodings of
-    LGBPredictor's docstring) an epsilon of 0.1 swallows every residual and SVR predicts a
-    constant."""
+    standard deviations: on raw accuracies (sd ~0.025 on LGBPredictor's synthetic encodings) an
+    epsilon of 0.1 swallows every residual and SVR predicts a constant."""
 
     def __init__(self, C: float = 1.0, epsilon: float = 0.1, gamma: str | float = "scale") -> None:
-        self.C = C
-        self.epsilon = epsilon
-        self.gamma = gamma
+        self._keep_params(locals())
 
     def _build(self):
         return scaled(SVR(C=self.C, epsilon=self.epsilon, gamma=self.gamma), target=True)
@@ -48,8 +45,7 @@ class KNNPredictor(Predictor):
     it averages over many (10); it is a baseline, not a contender."""
 
     def __init__(self, n_neighbors: int = 10, weights: str = "distance") -> None:
-        self.n_neighbors = n_neighbors
-        self.weights = weights
+        self._keep_params(locals())
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         knn = KNeighborsRegressor(n_neighbors=min(self.n_neighbors, len(X)), weights=self.weights)
@@ -58,17 +54,13 @@ class KNNPredictor(Predictor):
 
 class MLPPredictor(Predictor):
     """A small multilayer perceptron on scaled features and a standardised target, trained
-    full-batch with L-BFGS, which converges reliably on a few hundred rows where Adam's
-    mini-batches would need tuning. Strong weight decay (alpha=1) keeps 32 hidden units from
-    memorising 300 rows: held-out Kendall tau 0.901 against 0.850 at alpha=0.01 on the
-    synthetic encodings of LGBPredictor's docstring."""
+    full-batch with L-BFGS, which converges reliably on a few hundred rows where Adam's mini-batches
+    would need tuning. Strong weight decay (alpha=1) keeps 32 hidden units from memorising 300 rows:
+    held-out Kendall tau 0.901 against 0.850 at alpha=0.01 on LGBPredictor's synthetic encodings."""
 
     def __init__(self, hidden_layer_sizes: tuple[int, ...] = (32,), alpha: float = 1.0,
                  max_iter: int = 2000, random_state: int = 0) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.alpha = alpha
-        self.max_iter = max_iter
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _build(self):
         mlp = MLPRegressor(hidden_layer_sizes=self.hidden_layer_sizes, solver="lbfgs", alpha=self.alpha,

@@ -12,16 +12,12 @@ from .metrics import kendall_tau
 
 
 class KFoldEnsemble(Predictor):
-    """`n_splits` clones of `base`, each fitted on all folds but one; predicts their average.
-
-    Each expert misses a different tenth of the archive, so the average is smoother than one
-    model on all rows (bagging without bootstrap), at `n_splits` times the cost.
-    """
+    """`n_splits` clones of `base`, each fitted on all folds but one; predicts their average. Each
+    misses a different fold of the archive, so the average is smoother than one model on all rows
+    (bagging without bootstrap), at `n_splits` times the cost."""
 
     def __init__(self, base, n_splits: int = 10, random_state: int = 0) -> None:
-        self.base = base
-        self.n_splits = n_splits
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         folds = KFold(self.n_splits, shuffle=True, random_state=self.random_state).split(X)
@@ -38,20 +34,13 @@ def _cv_kendall_tau(y, p) -> float:
 
 class AdaptivePredictor(Predictor):
     """The candidate (a name of PREDICTORS) with the best `n_splits`-fold cross-validated Kendall
-    tau on the training rows, refitted on all of them. The archive changes every iteration, and
-    which model ranks it best changes with it; a fold whose predictions are constant counts as
-    tau 0, and ties go to the earlier candidate.
-
-    Fitted attributes: `name_` (the chosen candidate), `cv_tau_` ({candidate: mean fold tau}),
-    `model_` (the chosen model refitted on all rows).
-    """
+    tau on the training rows, refitted on all of them (`model_`): which model ranks the archive best
+    changes as the archive grows. A fold of constant predictions counts as tau 0; ties go to the
+    earlier candidate. Also fitted: `name_` (the choice), `cv_tau_` ({candidate: mean fold tau})."""
 
     def __init__(self, candidates: tuple[str, ...] = ("lgb", "catboost", "gp", "rbf", "e2epp", "cart", "ridge"),
                  n_splits: int = 5, features: str = "integer", random_state: int = 0) -> None:
-        self.candidates = candidates
-        self.n_splits = n_splits
-        self.features = features
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         if not self.candidates:

@@ -10,29 +10,18 @@ from .kernels import GPPredictor, RBFEnsemble, RBFPredictor
 from .trees import CARTPredictor, E2EPPPredictor
 
 PREDICTORS = {
-    "lgb": LGBPredictor,
-    "catboost": CatBoostPredictor,
-    "gp": GPPredictor,
-    "rbf": RBFPredictor,
-    "rbf_ensemble": RBFEnsemble,
-    "mlp": MLPPredictor,
-    "cart": CARTPredictor,
-    "e2epp": E2EPPPredictor,
-    "svr": SVRPredictor,
-    "ridge": RidgePredictor,
-    "knn": KNNPredictor,
-    "bayesian_ridge": BayesianRidgePredictor,
+    "lgb": LGBPredictor, "catboost": CatBoostPredictor, "gp": GPPredictor, "rbf": RBFPredictor,
+    "rbf_ensemble": RBFEnsemble, "mlp": MLPPredictor, "cart": CARTPredictor, "e2epp": E2EPPPredictor,
+    "svr": SVRPredictor, "ridge": RidgePredictor, "knn": KNNPredictor, "bayesian_ridge": BayesianRidgePredictor,
 }
 FEATURES = ("integer", "onehot")
 
 
 def make_predictor(name: str, *, features: str = "integer", random_state: int = 0, **params):
-    """An unfitted predictor `name` (a key of PREDICTORS) with `params` for its constructor.
-
-    `random_state` goes to the models that draw random numbers. `features="onehot"` puts the
-    model behind a one-hot encoder of every gene (an unseen value encodes as all zeros), for
-    models that cannot read an ordinal gene as a category; the integer encoding is the default.
-    """
+    """An unfitted predictor `name` (a key of PREDICTORS) with `params` for its constructor, and
+    `random_state` if it draws random numbers. `features="onehot"` puts it behind a one-hot encoder
+    of every gene (an unseen value encodes as all zeros), for models that cannot read an ordinal
+    gene as a category."""
     if name not in PREDICTORS:
         raise ValueError(f"unknown predictor {name!r}; known: {', '.join(PREDICTORS)}")
     if features not in FEATURES:

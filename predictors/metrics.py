@@ -1,10 +1,8 @@
-"""How well predictions rank and fit true accuracies.
-
-The search only needs the predictor to ORDER architectures, so rank correlations (Kendall's tau-b,
-Spearman's rho, both tie-aware) are the headline figures; RMSE says whether the values are
-calibrated. A correlation is undefined when either input is constant (or has fewer than two
-values): scipy then returns nan with a warning; these functions return nan without one.
-"""
+"""How well predictions rank and fit true accuracies. The search only needs the predictor to ORDER
+architectures, so rank correlations (Kendall's tau-b, Spearman's rho, both tie-aware) are the
+headline figures; RMSE says whether the values are calibrated. A correlation is undefined when
+either input is constant (or has fewer than two values): scipy then returns nan with a warning;
+these functions return nan without one."""
 from __future__ import annotations
 
 import numpy as np

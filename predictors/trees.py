@@ -13,9 +13,7 @@ class CARTPredictor(Predictor):
 
     def __init__(self, max_depth: int | None = None, min_samples_leaf: int = 5,
                  random_state: int = 0) -> None:
-        self.max_depth = max_depth
-        self.min_samples_leaf = min_samples_leaf
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _build(self):
         return DecisionTreeRegressor(max_depth=self.max_depth, min_samples_leaf=self.min_samples_leaf,
@@ -29,10 +27,7 @@ class E2EPPPredictor(Predictor):
 
     def __init__(self, n_estimators: int = 300, max_features: float = 0.5, min_samples_leaf: int = 3,
                  random_state: int = 0) -> None:
-        self.n_estimators = n_estimators
-        self.max_features = max_features
-        self.min_samples_leaf = min_samples_leaf
-        self.random_state = random_state
+        self._keep_params(locals())
 
     def _build(self):
         return BaggingRegressor(DecisionTreeRegressor(min_samples_leaf=self.min_samples_leaf),

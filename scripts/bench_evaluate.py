@@ -5,7 +5,7 @@ temporary folder; the supernets are the preset's (DP-EE, widths 1.0 and 1.2, 48-
 random weights, which changes no timing.
 
 1. Per evaluation of random subnets (BN recalibration on `--calibration` images, top-1 on the
-   `--val` validation images): total seconds through three paths, and the network seconds of the
+   validation images): total seconds through three paths, and the network seconds of the
    same forwards on ready tensors; overhead = total - network.
       today      streamed through PIL every time, `ofa`'s set_running_statistics (copies the supernet)
       streaming  streamed through PIL every time, in-place recalibration
@@ -28,7 +28,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ from supernets.evaluation import EvalData, count_correct, fixed_loader, subnet_t
 from supernets.phases import parse_phases, validation_grid
 from supernets.train import PhaseTrainer, build_teacher, validate, validation_subset
 
+from _bench import timed
+
 PRESET = Path("configs/cifar10.yaml")
 FULL_EPOCH = 45_000
 
@@ -50,22 +52,13 @@ def write_cifar10(root: Path, seed: int = 0) -> None:
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         batch = {"batch_label": name, "data": rng.integers(0, 256, (10_000, 3072), dtype=np.uint8),
                  "labels": rng.integers(0, 10, 10_000).tolist(), "filenames": [f"{i}.png" for i in range(10_000)]}
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": 10_000}, f)
-
-
-def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
-    sync()
-    t = time.perf_counter()
-    out = fn()
-    sync()
-    return time.perf_counter() - t, out
 
 
 def evaluation(config: Config, splits: Any, device: torch.device, args: argparse.Namespace) -> dict:
@@ -75,12 +68,10 @@ def evaluation(config: Config, splits: Any, device: torch.device, args: argparse
     streaming = EvalData(splits, device, budget_mb=0, num_workers=args.workers)
     cached = EvalData(splits, device, num_workers=args.workers)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    build = {}
-    for r in space.space.resolutions:
-        build[r], _ = timed(lambda: [cached._cached(s, r) for s in ("calibration", "val")], sync)
-    archs = [space.decode(x) for x in space.sample(np.random.default_rng(args.seed), args.subnets)]
+    build = {r: timed(lambda: [cached._cached(s, r) for s in ("calibration", "val")], sync=sync)[0]
+             for r in space.space.resolutions}
     rows, same = [], True
-    for arch in archs:
+    for arch in [space.decode(x) for x in space.sample(np.random.default_rng(args.seed), args.subnets)]:
         net = supernets[arch.width]
 
         def today() -> tuple[int, int]:
@@ -97,12 +88,12 @@ def evaluation(config: Config, splits: Any, device: torch.device, args: argparse
             recalibrate_bn(net, iter(ready_calibration))
             return count_correct(net, iter(ready_val))
 
-        t_today, _ = timed(today, sync)
+        t_today, _ = timed(today, sync=sync)
         t_stream, stream_counts = timed(lambda: subnet_top1(net, arch, streaming, batch_size=batch,
-                                                            calibration_batch=calib_batch), sync)
+                                                            calibration_batch=calib_batch), sync=sync)
         t_cached, cached_counts = timed(lambda: subnet_top1(net, arch, cached, batch_size=batch,
-                                                            calibration_batch=calib_batch), sync)
-        t_net, _ = timed(network, sync)
+                                                            calibration_batch=calib_batch), sync=sync)
+        t_net, _ = timed(network, sync=sync)
         same = same and stream_counts == cached_counts
         rows.append({"arch": str(arch), "today_s": t_today, "streaming_s": t_stream, "cached_s": t_cached,
                      "network_s": t_net})
@@ -117,7 +108,8 @@ def evaluation(config: Config, splits: Any, device: torch.device, args: argparse
     for path in ("today", "streaming", "cached"):
         total = median(f"{path}_s")
         out[path] = {"total_s": total, "overhead_s": round(total - net_s, 3)}
-    out["overhead_cut_today_over_cached"] = round(out["today"]["overhead_s"] / max(out["cached"]["overhead_s"], 1e-3), 1)
+    out["overhead_cut_today_over_cached"] = round(out["today"]["overhead_s"]
+                                                  / max(out["cached"]["overhead_s"], 1e-3), 1)
     out["evaluations_per_s_cached"] = round(1 / out["cached"]["total_s"], 3)
     out["paper_search_12750_evaluations_h"] = round(12_750 * out["cached"]["total_s"] / 3600, 2)
     return out
@@ -130,23 +122,18 @@ def training(config: Config, splits: Any, device: torch.device, args: argparse.N
                       bf16=device.type == "cuda")   # CPU bf16 autocast is slow without bf16 units
     phase = parse_phases(config.train.warmup, net.space, parallel=True, early_exits=True)[1]
     sliced = replace(splits, train=splits.train.subset(np.arange(args.train_slice)))
-    t = time.perf_counter()
-    teacher = build_teacher(net, splits, options, device)
-    teacher_s = time.perf_counter() - t
+    teacher_s, teacher = timed(build_teacher, net, splits, options, device)
     trainer = PhaseTrainer(net, phase, 1, sliced, options, Path(tempfile.mkdtemp()), Dist(device=device), teacher,
                            None, net.dropout)
-    t = time.perf_counter()
-    trainer.run(until=1)
-    train_s = time.perf_counter() - t
+    train_s, _ = timed(lambda: trainer.run(until=1))
     preset = config.train.options
     grid = validation_grid(phase.space, preset.val_settings)
     subset = validation_subset(len(splits.val), preset)
-    t = time.perf_counter()
-    validate(net, grid, trainer.eval_data, preset, Dist(device=device), phase.aep, subset)
-    first_s = time.perf_counter() - t
-    t = time.perf_counter()
-    validate(net, grid, trainer.eval_data, preset, Dist(device=device), phase.aep, subset)
-    val_s = time.perf_counter() - t
+
+    def validation() -> None:
+        validate(net, grid, trainer.eval_data, preset, Dist(device=device), phase.aep, subset)
+    first_s, _ = timed(validation)
+    val_s, _ = timed(validation)
     full_epoch_s = train_s * FULL_EPOCH / args.train_slice
     per_epoch_val = val_s / preset.val_every
     return {"phase": phase.name, "subnets_per_step": phase.subnets_per_step, "train_images": args.train_slice,

@@ -1,18 +1,16 @@
 """RB-IFA benchmarks on the digits supernet of configs/bench-digits.yaml, printed as JSON.
 
-(a) Hypervolume at equal wall time. Three searches on the same training-free metrics (minimise
-    -ICD, -log10 Synflow and MACs of subnets inherited from the supernet, BN recalibrated):
-    RB-IFA's pseudo front over a Wp grid (the time split equally over the grid), PF-IFA, and
-    pymoo NSGA-II; each (method, seed) run gets `--seconds` of wall time, checked between
-    generations, and its own metric cache (shared across the Wp grid inside one RB-IFA run, never
-    between runs). Each method's output set (RB-IFA: the pseudo front; PF-IFA: its front;
-    NSGA-II: the non-dominated members of its final population) is scored by the hypervolume of
-    its 2-D projection on (-ICD, MACs), normalised by FIXED bounds: MACs from the min and max
-    encodings (the exact extremes of the space), ICD from `--reference` random encodings scored
-    before any search; reference point = nadir + 10 % of the range (nat2.search.archive.reference_point).
-(b) Spearman rho with validation top-1 of `--subnets` random subnets inherited from the same
-    checkpoint: ICD, log10 Synflow, MACs and the RB score (negated, so positive = agrees) at each
-    Wp of the grid, ranks taken over the sample.
+(a) Hypervolume at equal wall time of three searches on the same training-free metrics (minimise
+    -ICD, -log10 Synflow and MACs of subnets inherited from the supernet, BN recalibrated): RB-IFA's
+    pseudo front over a Wp grid (the time split equally over the grid), PF-IFA's front, and the
+    non-dominated members of pymoo NSGA-II's final population. Each (method, seed) run gets
+    `--seconds` of wall time, checked between generations, and its own metric cache (shared across
+    the Wp grid inside one RB-IFA run, never between runs). The hypervolume is that of the 2-D
+    projection on (-ICD, MACs), normalised by FIXED bounds: MACs from the min and max encodings (the
+    exact extremes of the space), ICD from `--reference` random encodings scored before any search;
+    reference point = nadir + 10 % of the range (nat2.search.archive.reference_point).
+(b) Spearman rho with validation top-1 of `--subnets` random subnets from the same checkpoint: ICD,
+    log10 Synflow, MACs and the RB score at each Wp of the grid (negated, so positive = agrees).
 
     PYTHONPATH=. python scripts/bench_rbifa.py [--seconds 30 --seeds 5 --subnets 100]
 
@@ -48,6 +46,8 @@ from nat2.rbifa.training_free import TrainingFreeMetrics
 from supernets import Splits, Supernet, load_splits
 from supernets.checkpoint import load_checkpoint
 
+from _bench import timed
+
 CONFIG = Path("configs/bench-digits.yaml")
 CHECKPOINT = Path("runs/bench-digits/supernet/w1.0/all/best.pt")
 
@@ -68,9 +68,8 @@ def nsga2(space: SearchSpace, cache: MetricCache, population: int, seconds: floa
     algorithm = NSGA2(pop_size=population, sampling=space.sample(np.random.default_rng(seed), population),
                       crossover=TwoPointCrossover(prob=0.9), mutation=PM(eta=1.0, vtype=float, repair=RoundingRepair()),
                       repair=EncodingRepair(space), eliminate_duplicates=True)
-    pop = minimize(TrainingFreeProblem(space, cache), algorithm, TimeBasedTermination(seconds), seed=seed,
-                   verbose=False).pop
-    X = pop.get("X").astype(np.int64)
+    X = minimize(TrainingFreeProblem(space, cache), algorithm, TimeBasedTermination(seconds), seed=seed,
+                 verbose=False).pop.get("X").astype(np.int64)
     return X[non_dominated(np.hstack(cache(X)))]
 
 
@@ -97,8 +96,7 @@ def part_hypervolume(space: SearchSpace, new_scorer: Any, args: argparse.Namespa
             if method == "rbifa":
                 X = pseudo_front(space, cache, wps, settings, seconds_per_wp=args.seconds / len(wps)).X
             elif method == "pfifa":
-                deadline = t0 + args.seconds
-                X = pf_ifa(space, cache, settings, stop=lambda: time.perf_counter() >= deadline).X
+                X = pf_ifa(space, cache, settings, stop=lambda: time.perf_counter() >= t0 + args.seconds).X
             else:
                 X = nsga2(space, cache, args.population, args.seconds, seed)
             stats["seconds"].append(round(time.perf_counter() - t0, 1))
@@ -118,18 +116,15 @@ def part_correlation(space: SearchSpace, scorer: TrainingFreeMetrics, evaluator:
                      args: argparse.Namespace) -> dict[str, Any]:
     X = space.sample(np.random.default_rng(2024), args.subnets)
     X = X[np.sort(np.unique(X, axis=0, return_index=True)[1])]
-    t0 = time.perf_counter()
-    top1 = np.array([evaluator.top1(x) for x in X])
-    t1 = time.perf_counter()
-    records = [scorer.record(x) for x in X]
-    t2 = time.perf_counter()
+    top1_s, top1 = timed(lambda: np.array([evaluator.top1(x) for x in X]))
+    training_free_s, records = timed(lambda: [scorer.record(x) for x in X])
     values = {k: np.array([r[k] for r in records], dtype=float) for k in ("icd", "synflow", "macs")}
     rho = {k: round(float(spearmanr(v, top1).statistic), 4) for k, v in values.items()}
     perf = np.column_stack([-values["icd"], -values["synflow"]])
     for wp in parse_wps(args.wps):
         rho[f"rb_wp{wp:g}"] = round(float(spearmanr(-rank_score(perf, values["macs"], wp), top1).statistic), 4)
     return {"n": len(X), "spearman_with_val_top1": rho, "val_top1_range": [float(top1.min()), float(top1.max())],
-            "seconds": {"top1": round(t1 - t0, 1), "training_free": round(t2 - t1, 1)}}
+            "seconds": {"top1": round(top1_s, 1), "training_free": round(training_free_s, 1)}}
 
 
 def load(args: argparse.Namespace) -> tuple[SearchSpace, Splits, dict[float, Supernet]]:

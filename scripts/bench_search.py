@@ -6,9 +6,8 @@
    fit + predict seconds), with integer and one-hot features.
 2. One candidate-generation step: LightGBM fitted on the training rows as an archive, NSGA-II
    (population 100 x 20 generations) on [predicted error, params], subset selection of 25.
-3. Hypervolume after the same number of real evaluations: NAT2 (no adaptation, so accuracies
-   stay fixed) vs uniform random sampling of the same space, with the NAT2 run's stored
-   reference point, for each seed.
+3. Hypervolume after the same number of real evaluations, for each seed: NAT2 (no adaptation, so
+   accuracies stay fixed) vs uniform random sampling of the space, with the NAT2 run's reference point.
 
     PYTHONPATH=. python scripts/bench_search.py [--quick]
 
@@ -30,10 +29,13 @@ from nat2.search.candidates import choose_candidates, generate
 from nat2.app.cli import main as nat2_main
 from nat2.app.config import Config, load_config
 from nat2.app.rundir import RunDir
+from nat2.files import append_jsonl
 from nat2.search.evaluate import Evaluator
 from nat2.search.loop import Search, SearchSettings
 from predictors import PREDICTORS, correlation_report, make_predictor
 from supernets.checkpoint import load_checkpoint
+
+from _bench import timed
 
 CONFIG = Path("configs/bench-digits.yaml")
 OBJECTIVES = ("acc", "params")
@@ -58,9 +60,7 @@ def predictor_table(X: np.ndarray, y: np.ndarray, n_train: int) -> dict:
     for features in ("integer", "onehot"):
         for name in PREDICTORS:
             model = make_predictor(name, features=features, random_state=0)
-            t = time.perf_counter()
-            predicted = model.fit(X[:n_train], y[:n_train]).predict(X[n_train:])
-            seconds = time.perf_counter() - t
+            seconds, predicted = timed(lambda: model.fit(X[:n_train], y[:n_train]).predict(X[n_train:]))
             report = correlation_report(y[n_train:], predicted)
             rows[f"{name}/{features}"] = {"kendall_tau": round(report["kendall_tau"], 4),
                                           "spearman_rho": round(report["spearman_rho"], 4),
@@ -108,14 +108,12 @@ def main() -> None:
         out = RunDir(Path(config.run.dir) / "bench" / f"nat2_seed{seed}").search
         settings = SearchSettings(objectives=OBJECTIVES, archive_size=size, multiplier=multiplier,
                                   iterations=iterations, candidates=k, seed=seed, knees=0)
-        shared = SharedCacheEvaluator(evaluator, cache)
-        search = Search(space, shared, settings, n_classes, out)
+        search = Search(space, SharedCacheEvaluator(evaluator, cache), settings, n_classes, out)
         search.run()
         evaluated = [r for i in range(iterations + 1)
                      for r in _jsonl(out.evaluations(i, "evaluated" if i == 0 else "candidates"))]
         ref, ideal = (np.array(search.state[key]) for key in ("reference_point", "ideal"))
-        rng = np.random.default_rng(1000 + seed)
-        random_X = space.sample(rng, len(evaluated))
+        random_X = space.sample(np.random.default_rng(1000 + seed), len(evaluated))
         random_records = evaluator.evaluate(random_X, 0, cache, f"random seed {seed}")
         final = Archive.load(out / f"iter_{iterations}" / "archive.json")
         hv.append({"seed": seed, "evaluations": len(evaluated),
@@ -144,9 +142,7 @@ class SharedCacheEvaluator(Evaluator):
                  split: str = "val", extra: list[dict] | None = None) -> list[dict]:
         known = super().evaluate(X, iteration, self.shared, desc, split, extra)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            with cache.open("a") as f:
-                f.writelines(json.dumps(r) + "\n" for r in known)
+            append_jsonl(cache, known)
         return known
 
 

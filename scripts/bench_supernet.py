@@ -3,8 +3,7 @@
 1. Dynamic overhead: forward+backward time of a subnet run inside our supernet / the same subnet
    extracted as a static module (batch 64, 32 px; min, random and max architectures).
 2. Ours / `ofa`: our B-variant supernet / `ofa`'s OFAMobileNetV3 with the same active subnet.
-3. Cost model throughput: encodings costed per second (vectorised), and encodings decoded to
-   architectures + costed per second (one at a time).
+3. Cost model throughput: encodings costed per second, vectorised and one at a time (decoded first).
 
 Times are medians of interleaved repeats in one process; ratios compare like with like.
 
@@ -16,7 +15,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import numpy as np
 import torch
@@ -25,6 +23,8 @@ from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
 from nat2.space import SearchSpace
 from supernets import Architecture, Space, Supernet, arch_cost, default_space
 
+from _bench import timed
+
 
 def _step(model: torch.nn.Module, x: torch.Tensor) -> None:
     model.zero_grad(set_to_none=True)
@@ -32,24 +32,17 @@ def _step(model: torch.nn.Module, x: torch.Tensor) -> None:
     (out if isinstance(out, torch.Tensor) else sum(out)).sum().backward()
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int, device: str) -> dict[str, float]:
+def time_interleaved(models: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int,
+                     device: str) -> dict[str, float]:
     """Median seconds per forward+backward step of each model, the models taking turns."""
     for model in models.values():
         for _ in range(3):
             _step(model, x)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            _sync(device)
-            start = time.perf_counter()
-            _step(model, x)
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(timed(_step, model, x, sync=sync)[0])
     return {name: statistics.median(t) for name, t in times.items()}
 
 
@@ -71,9 +64,8 @@ def bench_networks(repeats: int, device: str, batch: int, size: int) -> dict[str
     results: dict[str, dict] = {}
     for variant, flags in variants.items():
         torch.manual_seed(0)
-        net = Supernet(10, 1.0, **flags, space=default_space(flags.get("parallel", False),
-                                                              flags.get("early_exits", False), 1.0, (size,)))
-        net = net.to(device).train()
+        space = default_space(flags.get("parallel", False), flags.get("early_exits", False), 1.0, (size,))
+        net = Supernet(10, 1.0, **flags, space=space).to(device).train()
         for label, arch in (("min", net.space.min_arch()), ("random", net.space.sample(rng, 1)[0]),
                             ("max", net.space.max_arch())):
             net.set_active(arch)
@@ -96,15 +88,11 @@ def bench_costs(n: int) -> dict[str, float]:
                               exits=(1, 2, 3, 4, 5)))
     x = space.sample(np.random.default_rng(0), n)
     space.costs(x[:10], 10)  # builds the per-block tables once
-    start = time.perf_counter()
-    space.costs(x, 10)
-    vectorised = n / (time.perf_counter() - start)
+    vectorised = n / timed(space.costs, x, 10)[0]
     m = min(n, 5000)
-    start = time.perf_counter()
-    for row in x[:m]:
-        arch_cost(space.decode(row), 10)
-    one_by_one = m / (time.perf_counter() - start)
-    return {"encodings_costed_per_s_vectorised": round(vectorised), "encodings_decoded_and_costed_per_s": round(one_by_one)}
+    one_by_one = m / timed(lambda: [arch_cost(space.decode(row), 10) for row in x[:m]])[0]
+    return {"encodings_costed_per_s_vectorised": round(vectorised),
+            "encodings_decoded_and_costed_per_s": round(one_by_one)}
 
 
 def main() -> None:
@@ -119,7 +107,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     report = {
         "setup": {"device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "size": args.size,
-                  "repeats": args.repeats, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+                  "repeats": args.repeats, "torch": torch.__version__,
+                  "cpu": platform.processor() or platform.machine()},
         "networks": bench_networks(args.repeats, args.device, args.batch, args.size),
     }
     torch.set_num_threads(1)

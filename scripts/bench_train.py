@@ -6,10 +6,9 @@
    the same subnets with the same optimiser (timm SGD, nesterov, momentum 0.9, lr 0.03 at batch
    64) and loss (cross-entropy, label smoothing 0.1). Random 32 px input; the two models take turns
    round by round (who goes first alternates); medians over all timed steps.
-2. DDP overhead: median `train_step` time of a 2-process gloo job on CPU (one thread per
-   process, `PhaseTrainer` wrapping DDP itself) over that of a single process with one thread,
-   at the same per-process batch; and, as a control for cores shared with other work, over two
-   independent single processes run side by side (no DDP).
+2. DDP overhead: median `train_step` time of a 2-process gloo job on CPU (`PhaseTrainer` wrapping
+   DDP itself) over that of a single process, one thread each, at the same per-process batch; and,
+   as a control for cores shared with other work, over two independent processes side by side.
 
     PYTHONPATH=. python scripts/bench_train.py [--quick] [--steps 5] [--rounds 5] [--batch 64] [--threads 0]
 
@@ -25,7 +24,6 @@ import platform
 import socket
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +39,8 @@ from supernets.distributed import Dist
 from supernets.phases import parse_phases
 from supernets.train import PhaseTrainer, TrainOptions
 
-from bench_supernet import ofa_subnet_args  # scripts/ is on sys.path when a script runs
+from _bench import timed
+from bench_supernet import ofa_subnet_args
 
 SIZE, N_CLASSES = 32, 10
 KERNEL_PHASE = {"name": "kernel", "kernels": "all", "epochs": 1, "lr": 0.03}
@@ -75,12 +74,6 @@ def ofa_step_fn(options: TrainOptions, lr: float) -> Callable[[torch.Tensor, tor
     return step
 
 
-def _timed(fn: Callable[..., object], *args: object) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
-
-
 def bench_vs_ofa(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, float]:
     """Images/s of ours and `ofa` on the same subnet sequence, interleaved in rounds."""
     torch.manual_seed(0)
@@ -97,7 +90,7 @@ def bench_vs_ofa(batch: int, steps: int, rounds: int, warmup: int) -> dict[str, 
             archs = [trainer.step_archs(s, SIZE)[0] for s in range(step, step + n)]
             step += n
             for name in sorted(steppers, reverse=r % 2 == 1):
-                dts = [_timed(steppers[name], arch) for arch in archs]
+                dts = [timed(steppers[name], arch)[0] for arch in archs]
                 if r > 0:
                     times[name] += dts
     ours, ofa = (batch / statistics.median(times[n]) for n in ("ours", "ofa"))
@@ -120,7 +113,7 @@ def _ddp_worker(rank: int, world: int, ddp: bool, port: int, batch: int, steps: 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = kernel_trainer(ctx, batch, Path(tmp))
         archs = [trainer.step_archs(s, SIZE) for s in range(warmup + steps)]
-        times = [_timed(trainer.train_step, x, y, a) for a in archs]
+        times = [timed(trainer.train_step, x, y, a)[0] for a in archs]
     if rank == 0:
         Path(result).write_text(json.dumps(times[warmup:]))
     if ddp:
