@@ -1,8 +1,6 @@
 """AEP (Anticipate, Ensemble and Prune) for multi-exit networks: exit weights, loss, ensemble.
-
 Training weighs each active exit's cross-entropy by alpha_i; prediction takes the argmax of the
-beta-weighted sum of the exits' raw logits.
-"""
+beta-weighted sum of the exits' raw logits."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,11 +11,6 @@ import torch.nn.functional as F
 SCHEMES = ("unif", "asc", "desc", "mix")
 
 
-def _ascending(n: int) -> list[float]:
-    total = n * (n + 1) / 2
-    return [i / total for i in range(1, n + 1)]
-
-
 def aep_weights(scheme: str, n: int) -> tuple[list[float], list[float]]:
     """(alpha, beta) for `n` exits: UNIF 1/n; ASC i / (n(n+1)/2); DESC reversed; MIX alpha
     descending, beta ascending."""
@@ -25,7 +18,8 @@ def aep_weights(scheme: str, n: int) -> tuple[list[float], list[float]]:
         raise ValueError(f"unknown AEP weight scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"number of exits = {n!r}; expected a positive integer")
-    asc = _ascending(n)
+    total = n * (n + 1) / 2
+    asc = [i / total for i in range(1, n + 1)]
     desc = asc[::-1]
     return {"unif": ([1 / n] * n, [1 / n] * n), "asc": (asc, asc), "desc": (desc, desc), "mix": (desc, asc)}[scheme]
 

@@ -1,10 +1,8 @@
 """The architecture value type: the one seam between the network side and the search side.
 
-An `Architecture` is a decoded, validated subnet: input resolution, width multiplier (which of
-the two supernets), and the active blocks of each stage up to the exit. A `Space` lists the
-values a supernet offers along each elastic dimension; the supernet checks architectures
-against it.
-"""
+An `Architecture` is a decoded, validated subnet: input resolution, width multiplier (which of the
+two supernets) and the active blocks of each stage up to the exit. A `Space` lists the values a
+supernet offers along each elastic dimension; the supernet checks architectures against it."""
 from __future__ import annotations
 
 import json
@@ -59,8 +57,7 @@ class Architecture:
     stages: tuple[tuple[Block, ...], ...]
 
     def __post_init__(self) -> None:
-        _require(_is_int(self.resolution) and self.resolution >= 8, "resolution", self.resolution,
-                 "an integer >= 8")
+        _require(_is_int(self.resolution) and self.resolution >= 8, "resolution", self.resolution, "an integer >= 8")
         _require(isinstance(self.width, (int, float)) and not isinstance(self.width, bool)
                  and self.width > 0, "width", self.width, "a positive number such as 1.0 or 1.2")
         object.__setattr__(self, "width", float(self.width))
@@ -179,8 +176,7 @@ class Space:
         Per stage, depth is drawn first, then per block the number of active branches, the key
         among keys with that many branches, and kernel / expand. Depth and branch-count columns
         are stratified: over the `n` draws every allowed value appears floor or ceil of n / len
-        times (in random order), so their frequencies are exactly uniform.
-        """
+        times (in random order), so their frequencies are exactly uniform."""
         groups = [tuple(a for a in self.keys if bin(a).count("1") == c) for c in (1, 2, 3)]
         groups = [g for g in groups if g]
         res = _pick(rng, self.resolutions, n)
@@ -193,21 +189,16 @@ class Space:
         within = rng.random(shape)
         kernel = rng.integers(0, len(self.kernels), size=shape)
         expand = rng.integers(0, len(self.expands), size=shape)
-        archs = []
-        for i in range(n):
-            stages = []
-            for s in range(exits[i]):
-                stage = []
-                for b in range(depth[s][i]):
-                    keys = groups[group[s, b, i]]
-                    key = keys[int(within[s, b, i] * len(keys))]
-                    if key & MBCONV:
-                        stage.append(Block(self.kernels[kernel[s, b, i]], self.expands[expand[s, b, i]], key))
-                    else:
-                        stage.append(Block(min(self.kernels), min(self.expands), key))
-                stages.append(stage)
-            archs.append(Architecture(res[i], widths[i], stages))
-        return archs
+
+        def block(s: int, b: int, i: int) -> Block:
+            keys = groups[group[s, b, i]]
+            key = keys[int(within[s, b, i] * len(keys))]
+            if key & MBCONV:
+                return Block(self.kernels[kernel[s, b, i]], self.expands[expand[s, b, i]], key)
+            return Block(min(self.kernels), min(self.expands), key)
+
+        return [Architecture(res[i], widths[i], [[block(s, b, i) for b in range(depth[s][i])] for s in range(exits[i])])
+                for i in range(n)]
 
 
 def _pick(rng: np.random.Generator, values: Sequence[Any], n: int) -> list[Any]:

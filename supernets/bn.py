@@ -1,12 +1,8 @@
 """BN recalibration: re-estimate running statistics of the active (sub)network on given images.
-
-Weights shared across subnets carry batch-norm statistics of no particular subnet, so every
-subnet is recalibrated on a fixed subset of training images before it is evaluated. This is
-`ofa`'s `set_running_statistics` (each BN layer normalises with its batch's statistics while
-their per-image-weighted averages are collected, then the averages become the running
-statistics), done in place: `ofa` deep-copies the whole supernet for every call, which costs
-more than the forwards of a small subnet.
-"""
+Weights shared across subnets carry BN statistics of no particular subnet, so every subnet is
+recalibrated on fixed training images before it is evaluated. This is `ofa`'s
+`set_running_statistics` done in place: `ofa` deep-copies the whole supernet for every call,
+which costs more than the forwards of a small subnet."""
 from __future__ import annotations
 
 from itertools import chain
@@ -43,10 +39,10 @@ class _Moments:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Set every BN layer's running mean/var (the active channels of an elastic layer) to their
-    averages over `loader`'s batches, as `ofa`'s `set_running_statistics` does, without copying
-    the model. Works on a supernet (for its active subnet) and on extracted subnets; the model's
-    weights and mode are left as they were, and BN layers the forwards do not reach keep theirs."""
+    """Set every BN layer's running mean/var (the active channels of an elastic layer) to the
+    image-weighted averages of its batch statistics over `loader` (each layer normalising with its
+    batch's statistics meanwhile). Works on a supernet's active subnet and on extracted subnets;
+    weights and mode are kept, and BN layers the forwards do not reach keep their statistics."""
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         raise ValueError("recalibrate_bn: the model has no BatchNorm2d layer to recalibrate")

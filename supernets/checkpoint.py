@@ -1,8 +1,5 @@
-"""Checkpoints of plain tensors and primitives, written atomically, read with clear errors.
-
-A run killed while writing keeps its previous checkpoint: files are written to a temporary name
-in the same folder and renamed over the old one.
-"""
+"""Checkpoints of plain tensors and primitives, written atomically (a run killed while writing
+keeps its previous checkpoint), read with clear errors."""
 from __future__ import annotations
 
 import os
@@ -72,19 +69,15 @@ def check_meta(path: Path, state: dict[str, Any], supernet: Supernet, *, classes
         raise CheckpointError(f"checkpoint {path} is not a nat2 supernet checkpoint (no format={FORMAT!r} and model)")
     want = supernet_meta(supernet)
     have = state.get("supernet", {})
-    keys = [k for k in want if classes or k != "n_classes"]
-    diff = {k: (have.get(k), want[k]) for k in keys if have.get(k) != want[k]}
+    diff = {k: (have.get(k), want[k]) for k in want if (classes or k != "n_classes") and have.get(k) != want[k]}
     if diff:
         raise CheckpointError(f"checkpoint {path} was written for another supernet: "
                               + ", ".join(f"{k} = {a!r} (expected {b!r})" for k, (a, b) in diff.items()))
 
 
 def load_source(supernet: Supernet, path: str | Path) -> str:
-    """Start `supernet` from a source checkpoint (nat2 or `ofa` OFAMobileNetV3 format).
-
-    Classifiers whose class count differs from the supernet's are left freshly initialised (the
-    heads are reset for the target dataset). Returns the format that was recognised.
-    """
+    """Start `supernet` from a source checkpoint (nat2 or `ofa` OFAMobileNetV3 format); returns the
+    format recognised. Classifiers of another class count stay freshly initialised (new dataset)."""
     path = Path(path)
     state = load_checkpoint(path)
     if state.get("format") == FORMAT:
@@ -102,7 +95,6 @@ def load_source(supernet: Supernet, path: str | Path) -> str:
     if not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise CheckpointError(f"checkpoint {path} is neither a nat2 checkpoint nor an ofa state dict "
                               "(expected tensors, or a mapping with 'state_dict')")
-    n_classes = supernet.n_classes
-    model = {k: v for k, v in model.items() if not (k.startswith("classifier.") and v.shape[0] != n_classes)}
+    model = {k: v for k, v in model.items() if not (k.startswith("classifier.") and v.shape[0] != supernet.n_classes)}
     load_ofa_state_dict(supernet, model)
     return "ofa"

@@ -1,17 +1,14 @@
-"""Exact params and MACs of subnets from an analytic model.
-
-MACs are the multiply-accumulates of conv and linear layers (FLOPs = 2 x MACs); params are the
-trainable parameters of the extracted subnet. Each block's cost depends only on its position,
-configuration and input size, so it is computed once and cached; an architecture's cost is a
-sum of cached parts.
-"""
+"""Exact params and MACs of subnets from an analytic model. MACs are the multiply-accumulates of
+conv and linear layers (FLOPs = 2 x MACs); params are the trainable parameters of the extracted
+subnet. A block's cost depends only on its position, configuration and input size, so it is
+computed once and cached; an architecture's cost is a sum of cached parts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Sequence
 
-from .arch import CONV1X1, MBCONV, TRANSFORM, Architecture, Block
+from .arch import CONV1X1, MBCONV, N_STAGES, TRANSFORM, Architecture, Block
 from .layers import Plan, Position, middle_channels, se_channels, spatial
 from .subnet import normalize_exits
 
@@ -74,11 +71,10 @@ def stem_cost(width: float, resolution: int) -> Cost:
 
 def stage_input_sizes(resolution: int) -> list[int]:
     """Input size of each body stage (the stem halves the resolution)."""
-    sizes, size = [], spatial(resolution, 2)
-    for s in range(5):
-        sizes.append(size)
-        size = spatial(size, Plan(1.0).position(s, 0).stride)
-    return sizes + [size]
+    sizes = [spatial(resolution, 2)]
+    for s in range(N_STAGES):
+        sizes.append(spatial(sizes[-1], Plan(1.0).position(s, 0).stride))
+    return sizes
 
 
 def arch_cost(arch: Architecture, n_classes: int, exits: Sequence[int] | str | None = None) -> Cost:
@@ -87,8 +83,7 @@ def arch_cost(arch: Architecture, n_classes: int, exits: Sequence[int] | str | N
     sizes = stage_input_sizes(arch.resolution)
     cost = stem_cost(arch.width, arch.resolution)
     for s, b, block in arch.blocks():
-        size = sizes[s] if b == 0 else sizes[s + 1]
-        cost += block_cost(plan.position(s, b), block, size)
+        cost += block_cost(plan.position(s, b), block, sizes[s] if b == 0 else sizes[s + 1])
     for x in normalize_exits(arch, exits):
         cost += head_cost(plan.stage_channels(x - 1), *plan.head_channels(x - 1), n_classes, sizes[x])
     return cost

@@ -1,13 +1,11 @@
 """Datasets for the search: train / validation / test / BN-calibration splits at any resolution.
 
-Subnets are evaluated at their own input resolution, so an `ImageSet` keeps raw images and
-builds its transform per resolution; `dataset[(i, r)]` lets a batch sampler pick the
-resolution of each step, and `dataset[(i, r, seed)]` also the seed of the image's augmentation.
-Validation is held out of the official training set (the test split is touched only at the
-end), and the BN-calibration subset is drawn from the training split so that it never overlaps
-validation. Nothing is downloaded: a missing or malformed dataset raises `DatasetError` naming
-the path and the expected layout.
-"""
+Subnets are evaluated at their own resolution, so an `ImageSet` keeps raw images and builds its
+transform per resolution: `dataset[(i, r)]` lets a batch sampler pick each step's resolution,
+`dataset[(i, r, seed)]` also the augmentation seed. Validation is held out of the official training
+set (the test split is touched only at the end); the calibration subset is drawn from the training
+split, so it never overlaps validation. Nothing is downloaded: a missing or malformed dataset
+raises `DatasetError` naming the path and the expected layout."""
 from __future__ import annotations
 
 import pickle
@@ -50,19 +48,15 @@ class DatasetError(FileNotFoundError):
 
 
 class ImageSet(Dataset):
-    """Images (uint8 N x H x W x 3 array or file paths) seen through an index view and a transform.
-
-    Subsets share the raw storage and hold only their indices, so train, validation and the
-    calibration subset of one training pool cost no copies.
-    """
+    """Images (uint8 N x H x W x 3 array or file paths) seen through an index view and a transform;
+    subsets share the raw storage, so the splits of one training pool cost no copies."""
 
     def __init__(self, images: np.ndarray | Sequence[str], labels: np.ndarray, transform_factory: TransformFactory,
                  resolution: int = 32, indices: np.ndarray | None = None) -> None:
         self.images = images
         self.all_labels = np.asarray(labels, dtype=np.int64)
         self.indices = np.arange(len(self.all_labels)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.transform_factory = transform_factory
-        self.resolution = resolution
+        self.transform_factory, self.resolution = transform_factory, resolution
         self._transforms: dict[int, Transform] = {}
 
     @property
@@ -70,8 +64,7 @@ class ImageSet(Dataset):
         return self.all_labels[self.indices]
 
     def subset(self, positions: np.ndarray, transform_factory: TransformFactory | None = None) -> ImageSet:
-        """The images at `positions` of this view (same class), sharing storage, optionally with
-        other transforms."""
+        """The images at `positions` of this view (same class, shared storage), optionally with other transforms."""
         return type(self)(self.images, self.all_labels, transform_factory or self.transform_factory,
                         self.resolution, self.indices[np.asarray(positions, dtype=np.int64)])
 
@@ -138,10 +131,8 @@ class _Parts(NamedTuple):
 
 def load_splits(name: str, root: str | Path | None = None, *, resolution: int = 32, seed: int = 0,
                 calibration_size: int = 1000, **synthetic_kwargs: int) -> Splits:
-    """Load dataset `name` from `root` (cifar10/cifar100/tinyimagenet only) into seeded splits.
-
-    `synthetic_kwargs` (n_classes, size, n_train, n_val, n_test) apply to "synthetic" only.
-    """
+    """Load dataset `name` from `root` (the datasets read from disk) into seeded splits;
+    `synthetic_kwargs` (n_classes, size, n_train, n_val, n_test) apply to "synthetic" only."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if synthetic_kwargs and name != "synthetic":
@@ -151,12 +142,9 @@ def load_splits(name: str, root: str | Path | None = None, *, resolution: int = 
         parts = _synthetic(resolution, seed, **synthetic_kwargs)
     elif name == "digits":
         parts = _digits(resolution, seed)
-    elif name == "tinyimagenet":
-        parts = _tinyimagenet(_require_root(name, root), resolution, seed)
-    elif name == "imagefolder":
-        parts = _imagefolder(_require_root(name, root), resolution, seed)
     else:
-        parts = _cifar(name, _require_root(name, root), resolution, seed)
+        read = {"tinyimagenet": _tinyimagenet, "imagefolder": _imagefolder}.get(name, partial(_cifar, name))
+        parts = read(_require_root(name, root), resolution, seed)
     return _assemble(parts, seed, calibration_size)
 
 
@@ -183,8 +171,8 @@ def _require_positive(**values: int) -> None:
 
 def _require_root(name: str, root: str | Path | None) -> Path:
     if root is None:
-        raise DatasetError(f"{name} needs a root: the folder that holds the extracted dataset "
-                           f"({_CIFAR[name].layout if name in _CIFAR else {'tinyimagenet': TINY_LAYOUT}.get(name, FOLDER_LAYOUT)})")
+        layout = _CIFAR[name].layout if name in _CIFAR else TINY_LAYOUT if name == "tinyimagenet" else FOLDER_LAYOUT
+        raise DatasetError(f"{name} needs a root: the folder that holds the extracted dataset ({layout})")
     return Path(root).expanduser().resolve()
 
 
@@ -193,6 +181,18 @@ def _holdout(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int
     kept, held = train_test_split(indices, test_size=round(fraction * len(indices)), stratify=labels[indices],
                                   random_state=seed)
     return np.sort(kept), np.sort(held)
+
+
+def _with_holdout(train: tuple[Any, np.ndarray], test: tuple[Any, np.ndarray], n_classes: int,
+                  stats: tuple[Stats, Stats], transforms: tuple[Callable[..., Transform], Callable[..., Transform]],
+                  val_fraction: float, resolution: int, seed: int) -> _Parts:
+    """A dataset with its own (images, labels) test set: validation is held out of train.
+    `transforms` are the (eval, train) factories, called with (mean, std, resolution)."""
+    (mean, std), (make_eval, make_train) = stats, transforms
+    eval_factory = partial(make_eval, mean, std)
+    train_idx, val_idx = _holdout(np.arange(len(train[1])), train[1], val_fraction, seed)
+    return _Parts(ImageSet(*train, eval_factory, resolution), train_idx, val_idx,
+                  ImageSet(*test, eval_factory, resolution), partial(make_train, mean, std), n_classes, mean, std)
 
 
 def _channel_stats(images: np.ndarray) -> tuple[Stats, Stats]:
@@ -268,11 +268,8 @@ def _synthetic(resolution: int, seed: int, *, n_classes: int = 10, size: int = 1
 
 
 class _ExistenceCheck:
-    """Replaces torchvision's md5 check by a check that the files exist.
-
-    The md5 check accepts only the official archives, which would reject the small files the
-    tests write in the same format; the layout has already been checked by `_cifar`.
-    """
+    """torchvision's md5 check, which accepts only the official archives (not the small files the tests
+    write in the same format), replaced by a check that the files exist; `_cifar` checked the layout."""
 
     def _check_integrity(self) -> bool:
         folder = Path(self.root) / self.base_folder
@@ -322,11 +319,8 @@ def _cifar(name: str, root: Path, resolution: int, seed: int) -> _Parts:
         if labels.min() < 0 or labels.max() >= n_classes:
             raise DatasetError(f"{info.title} at {folder} is malformed: labels outside 0..{n_classes - 1}; "
                                f"{info.layout}")
-    eval_factory = partial(_resize_eval, info.mean, info.std)
-    pool = ImageSet(train.data, train_labels, eval_factory, resolution)
-    train_idx, val_idx = _holdout(np.arange(len(train_labels)), train_labels, CIFAR_VAL_FRACTION, seed)
-    return _Parts(pool, train_idx, val_idx, ImageSet(test.data, test_labels, eval_factory, resolution),
-                  partial(_cifar_train, info.mean, info.std), n_classes, info.mean, info.std)
+    return _with_holdout((train.data, train_labels), (test.data, test_labels), n_classes, (info.mean, info.std),
+                         (_resize_eval, _cifar_train), CIFAR_VAL_FRACTION, resolution, seed)
 
 
 def _tiny_root(root: Path) -> Path:
@@ -383,14 +377,8 @@ def _tinyimagenet(root: Path, resolution: int, seed: int) -> _Parts:
     wnids = sorted({line.strip() for line in wnids_file.read_text().splitlines() if line.strip()})
     if not wnids:
         raise _tiny_error(wnids_file, "class list is empty")
-    train_paths, train_labels = _tiny_train_files(root, wnids)
-    test_paths, test_labels = _tiny_val_files(root, wnids)
-    mean, std = TINY_STATS
-    eval_factory = partial(_tiny_eval, mean, std)
-    pool = ImageSet(train_paths, train_labels, eval_factory, resolution)
-    train_idx, val_idx = _holdout(np.arange(len(train_labels)), train_labels, TINY_VAL_FRACTION, seed)
-    return _Parts(pool, train_idx, val_idx, ImageSet(test_paths, test_labels, eval_factory, resolution),
-                  partial(_tiny_train, mean, std), len(wnids), mean, std)
+    return _with_holdout(_tiny_train_files(root, wnids), _tiny_val_files(root, wnids), len(wnids), TINY_STATS,
+                         (_tiny_eval, _tiny_train), TINY_VAL_FRACTION, resolution, seed)
 
 
 def _folder_files(folder: Path, classes: list[str] | None) -> tuple[list[str], np.ndarray, list[str]]:
@@ -412,9 +400,5 @@ def _imagefolder(root: Path, resolution: int, seed: int) -> _Parts:
     """A user's own images; normalised with ImageNet statistics, augmented like Tiny ImageNet."""
     train_paths, train_labels, classes = _folder_files(root / "train", None)
     test_paths, test_labels, _ = _folder_files(root / "test", classes)
-    mean, std = IMAGENET_STATS
-    eval_factory = partial(_tiny_eval, mean, std)
-    pool = ImageSet(train_paths, train_labels, eval_factory, resolution)
-    train_idx, val_idx = _holdout(np.arange(len(train_labels)), train_labels, TINY_VAL_FRACTION, seed)
-    return _Parts(pool, train_idx, val_idx, ImageSet(test_paths, test_labels, eval_factory, resolution),
-                  partial(_tiny_train, mean, std), len(classes), mean, std)
+    return _with_holdout((train_paths, train_labels), (test_paths, test_labels), len(classes), IMAGENET_STATS,
+                         (_tiny_eval, _tiny_train), TINY_VAL_FRACTION, resolution, seed)

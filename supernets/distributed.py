@@ -1,9 +1,7 @@
 """torch.distributed under torchrun: NCCL on CUDA, gloo on CPU; rank 0 does the I/O.
-
 Every rank must train the same subnets in a step, so sampling seeds come from the step, and
 every rank sees batches of the same resolution, so resolutions come from (seed, epoch, batch).
-Augmentation and dropout must differ between ranks, so their seeds also take the rank.
-"""
+Augmentation and dropout must differ between ranks, so their seeds also take the rank."""
 from __future__ import annotations
 
 import os
@@ -70,15 +68,12 @@ def step_seed(stream: int, *parts: int) -> np.random.SeedSequence:
 
 
 class ResolutionBatchSampler(Sampler[list[tuple[int, int, int]]]):
-    """Batches of (index, resolution, augmentation seed) items for `ImageSet`: each batch draws
-    one resolution.
-
-    Indices come from a DistributedSampler (shuffled per epoch, a disjoint shard per rank); the
-    resolution of batch b of epoch e is drawn from (seed, e), so all ranks agree on it. Each item
-    carries its own augmentation seed, drawn from (seed, epoch, rank): ranks draw different
-    flips and policies, and the draws do not depend on which loader worker, started when, loads
-    the image, so a resumed run augments exactly as an uninterrupted one.
-    """
+    """Batches of (index, resolution, augmentation seed) items for `ImageSet`, one resolution a batch.
+    Indices come from a DistributedSampler (shuffled per epoch, a disjoint shard per rank); batch
+    resolutions are drawn from (seed, epoch), so all ranks agree on them. Each item's augmentation
+    seed is drawn from (seed, epoch, rank): ranks draw different flips and policies, and since the
+    draws do not depend on which loader worker loads the image, a resumed run augments exactly as an
+    uninterrupted one."""
 
     def __init__(self, n: int, batch_size: int, resolutions: Sequence[int], *, seed: int, ctx: Dist = Dist(),
                  shuffle: bool = True, drop_last: bool = True, weights: Sequence[float] | None = None) -> None:

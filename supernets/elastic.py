@@ -1,10 +1,8 @@
 """The elastic MBConv: `ofa`'s DynamicMBConvLayer with a leaner forward and static extraction.
-
 The parameters, their names, the kernel transformation matrices and the channel sorting
-(`re_organize_middle_weights`) are `ofa`'s, so OFA checkpoints load unchanged. The forward
-slices weights only when a dimension is actually smaller than its maximum and uses fused
-activations; it computes the same function as `ofa`'s.
-"""
+(`re_organize_middle_weights`) are `ofa`'s, so OFA checkpoints load unchanged. The forward slices
+weights only when a dimension is smaller than its maximum and uses fused activations; it computes
+the same function as `ofa`'s."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -13,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from ofa.imagenet_classification.elastic_nn.modules.dynamic_layers import DynamicMBConvLayer
 from ofa.imagenet_classification.elastic_nn.modules.dynamic_op import DynamicBatchNorm2d
-from torch import nn
 
 from .layers import ACTIVATION_FNS, Position, middle_channels, se_channels
 
@@ -21,9 +18,7 @@ _bn = DynamicBatchNorm2d.bn_forward
 
 
 def _take(weight: torch.Tensor, out: int, cin: int) -> torch.Tensor:
-    if weight.size(0) == out and weight.size(1) == cin:
-        return weight
-    return weight[:out, :cin]
+    return weight if weight.size(0) == out and weight.size(1) == cin else weight[:out, :cin]
 
 
 @lru_cache(maxsize=None)
@@ -32,13 +27,6 @@ def _crop_index(src: int, dst: int, device: torch.device) -> torch.Tensor:
     start = (src - dst) // 2
     rows = torch.arange(start, start + dst)
     return (rows[:, None] * src + rows[None, :]).flatten().to(device)
-
-
-def _bn_state(bn: nn.BatchNorm2d, channels: int, prefix: str) -> dict[str, torch.Tensor]:
-    state = {f"{prefix}{name}": getattr(bn, name)[:channels]
-             for name in ("weight", "bias", "running_mean", "running_var")}
-    state[f"{prefix}num_batches_tracked"] = bn.num_batches_tracked
-    return state
 
 
 class ElasticMBConv(DynamicMBConvLayer):
@@ -86,15 +74,16 @@ class ElasticMBConv(DynamicMBConvLayer):
 
     def active_state(self, cin: int, kernel: int, expand: int) -> dict[str, torch.Tensor]:
         """Weights of the static `layers.MBConv` for (kernel, expand), under its parameter names."""
-        mid = middle_channels(cin, expand)
-        cout = self.active_out_channel
+        mid, cout = middle_channels(cin, expand), self.active_out_channel
         ib, dc, pl = self.inverted_bottleneck, self.depth_conv, self.point_linear
         state = {"inverted_bottleneck.conv.weight": ib.conv.conv.weight[:mid, :cin],
                  "depth_conv.conv.weight": self._depthwise_filter(mid, kernel),
                  "point_linear.conv.weight": pl.conv.conv.weight[:cout, :mid]}
-        state.update(_bn_state(ib.bn.bn, mid, "inverted_bottleneck.bn."))
-        state.update(_bn_state(dc.bn.bn, mid, "depth_conv.bn."))
-        state.update(_bn_state(pl.bn.bn, cout, "point_linear.bn."))
+        for name, channels in (("inverted_bottleneck", mid), ("depth_conv", mid), ("point_linear", cout)):
+            bn = getattr(self, name).bn.bn
+            state.update({f"{name}.bn.{key}": getattr(bn, key)[:channels]
+                          for key in ("weight", "bias", "running_mean", "running_var")})
+            state[f"{name}.bn.num_batches_tracked"] = bn.num_batches_tracked
         if self.use_se:
             fc, se_mid = dc.se.fc, se_channels(mid)
             state.update({"depth_conv.se.reduce.weight": fc.reduce.weight[:se_mid, :mid],

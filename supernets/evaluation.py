@@ -1,15 +1,11 @@
-"""Top-1 of a subnet with weights shared in a supernet: BN recalibration, then counting.
+"""Top-1 of a subnet with weights shared in a supernet: BN recalibration, then counting. Every
+subnet is scored alike (fixed calibration images, eval transforms, order), so scores are
+deterministic and comparable across subnets and resumes.
 
-Every subnet is scored the same way (fixed calibration images, eval transforms, fixed order), so
-scores are deterministic and comparable across subnets and across resumes.
-
-A search scores thousands of subnets on the same images, so `EvalData` passes each split through
-its deterministic eval transforms once per resolution and keeps the result as uint8 tensors on
-the evaluation device (a GPU's memory when there is one); every later evaluation only slices,
-converts and normalises batches there. Conversion and normalisation are the transform's own
-steps applied to the batch, so cached counts equal streamed ones exactly on the CPU. What would
-not fit in `budget_mb` is streamed through a loader instead.
-"""
+A search scores thousands of subnets on the same images, so `EvalData` runs each split through its
+eval transforms once per resolution and keeps uint8 tensors on the evaluation device; later
+evaluations only slice, convert and normalise batches there, with the transform's own steps, so
+cached counts equal streamed ones exactly on the CPU. What would pass `budget_mb` is streamed."""
 from __future__ import annotations
 
 import logging
@@ -26,6 +22,7 @@ from .arch import Architecture
 from .bn import recalibrate_bn
 
 log = logging.getLogger(__name__)
+
 
 def fixed_loader(dataset: Any, resolution: int, batch_size: int, positions: Sequence[int] | None = None,
                  num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
@@ -82,7 +79,8 @@ class CachedImages:
     def nbytes(self) -> int:
         return self.images.nelement() * self.images.element_size() + self.labels.nelement() * 8
 
-    def batches(self, batch_size: int, positions: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(self, batch_size: int,
+                positions: Sequence[int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         index = None if positions is None else torch.as_tensor(positions, dtype=torch.long, device=self.images.device)
         n = len(self.labels) if index is None else len(index)
         for start in range(0, n, batch_size):
@@ -93,7 +91,6 @@ class CachedImages:
 class EvalData:
     """The evaluation images of a `Splits` (calibration, val, test) per resolution, prepared once
     and kept on `device` while they fit in `budget_mb` (None: no limit; 0: always stream).
-
     `batches(split, resolution, batch_size, positions)` yields (normalised images, labels) on the
     device, from the cache or, past the budget, from a loader with `num_workers`."""
 
@@ -144,11 +141,10 @@ def count_correct(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.
     model.eval()
     correct, total = None, 0
     for x, y in batches:
-        device = x.device
-        with torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else nullcontext():
             out = model(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
         logits = out if beta is None else ensemble_logits(tuple(z.float() for z in as_exits(out)), beta)
-        hits = (logits.argmax(1) == y.to(device)).sum()
+        hits = (logits.argmax(1) == y.to(x.device)).sum()
         correct = hits if correct is None else correct + hits
         total += len(y)
     model.train(was_training)

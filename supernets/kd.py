@@ -1,8 +1,6 @@
-"""Knowledge distillation from a frozen teacher, with the ENS-KD signal for early-exit teachers.
-
-The teacher of an early-exit supernet is its max network with every exit; its signal is the
-AEP ensemble z_T = sum_i beta_i z_i. A single-exit teacher gives its one output.
-"""
+"""Knowledge distillation from a frozen teacher, with the ENS-KD signal for early-exit teachers:
+the teacher of an early-exit supernet is its max network with every exit, its signal the AEP
+ensemble z_T = sum_i beta_i z_i. A single-exit teacher gives its one output."""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
@@ -31,8 +29,7 @@ def freeze(teacher: nn.Module, bn_mode: str = "eval") -> nn.Module:
     (batch statistics, as the reference implementation ran it). Dropout is always off."""
     if bn_mode not in TEACHER_BN_MODES:
         raise ValueError(f"teacher BN mode {bn_mode!r}; expected one of {', '.join(TEACHER_BN_MODES)}")
-    teacher.requires_grad_(False)
-    teacher.eval()
+    teacher.requires_grad_(False).eval()
     if bn_mode == "train":
         for m in teacher.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -42,13 +39,10 @@ def freeze(teacher: nn.Module, bn_mode: str = "eval") -> nn.Module:
 
 
 class ResolutionTeacher(nn.Module):
-    """A frozen eval-mode teacher with one set of BN running statistics per input resolution.
-
-    BN statistics are resolution-specific: a teacher calibrated at 64 px normalises a 48-px
-    batch with the wrong moments. `model` is recalibrated on `batches_at(r)` for every training
-    resolution r, each set is kept, and the set that fits the input's size is loaded into the BN
-    layers before the forward pass.
-    """
+    """A frozen eval-mode teacher with one set of BN running statistics per input resolution (one
+    calibrated at 64 px would normalise a 48-px batch with the wrong moments): `model` is
+    recalibrated on `batches_at(r)` for every training resolution r, and each forward first loads
+    the set of the input's size."""
 
     def __init__(self, model: nn.Module, batches_at: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                  resolutions: Sequence[int]) -> None:

@@ -1,8 +1,6 @@
 """The OFA MobileNetV3 backbone plan and the static modules shared by supernets and subnets.
-
 Module names mirror `ofa`'s static layers (conv / bn / act, inverted_bottleneck / depth_conv /
-point_linear) so that weights map one to one between `ofa`, the supernet and extracted subnets.
-"""
+point_linear) so that weights map one to one between `ofa`, the supernet and extracted subnets."""
 from __future__ import annotations
 
 import math
@@ -149,9 +147,7 @@ class Transformation(nn.Sequential):
 
 class ParallelBlock(nn.Module):
     """Sum of the branches selected by the key A: MBConv (+identity), 1x1 conv, transformation.
-
-    A plain OFA block is the special case key = 4 with only the MBConv branch present.
-    """
+    A plain OFA block is the special case key = 4 with only the MBConv branch present."""
 
     def __init__(self, mbconv: nn.Module | None, conv1x1: nn.Module | None = None,
                  transform: nn.Module | None = None, residual: bool = False, key: int = MBCONV) -> None:
@@ -166,12 +162,10 @@ class ParallelBlock(nn.Module):
             out = self.mbconv(x)
             if self.residual:
                 out = out + x
-        if self.key & CONV1X1:
-            y = self.conv1x1(x)
-            out = y if out is None else out + y
-        if self.key & TRANSFORM:
-            y = self.transform(x)
-            out = y if out is None else out + y
+        for bit, branch in ((CONV1X1, self.conv1x1), (TRANSFORM, self.transform)):
+            if self.key & bit:
+                y = branch(x)
+                out = y if out is None else out + y
         return out
 
 
@@ -197,21 +191,16 @@ class Head(nn.Module):
 
 
 def stage_forward(blocks: Sequence[nn.Module], x: torch.Tensor, dense: bool) -> torch.Tensor:
-    """Run the active blocks of one stage.
-
-    Dense skips are additive and stay inside the stage: the input of block k is o_{k-1} plus
-    o_0 + ... + o_{k-3}; the stage output is formed as the input of block d would be.
-    """
-    if not dense:
-        for block in blocks:
-            x = block(x)
-        return x
+    """Run the active blocks of one stage. Dense skips are additive and stay inside the stage: the
+    input of block k is o_{k-1} plus o_0 + ... + o_{k-3}; the stage output is formed as the input
+    of block d would be."""
     outs: list[torch.Tensor] = []
     for block in blocks:
-        outs.append(block(x))
-        x = outs[-1]
-        for skip in outs[:-2]:
-            x = x + skip
+        x = block(x)
+        if dense:
+            outs.append(x)
+            for skip in outs[:-2]:
+                x = x + skip
     return x
 
 

@@ -32,11 +32,9 @@ def ofa_key(key: str) -> str:
 
 
 def load_ofa_state_dict(supernet: Supernet, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy an `ofa` OFAMobileNetV3 (ks 3,5,7 / e 3,4,6 / d 2,3,4) state dict into `supernet`.
-
-    Every tensor of the checkpoint must land on a parameter of the same shape; parameters the
-    checkpoint lacks (parallel branches, early exits) keep their values.
-    """
+    """Copy an `ofa` OFAMobileNetV3 (ks 3,5,7 / e 3,4,6 / d 2,3,4) state dict into `supernet`: every
+    tensor must land on a parameter of the same shape; parameters the checkpoint lacks (parallel
+    branches, early exits) keep their values."""
     ours = supernet.state_dict()
     mapped = {}
     for key, value in state.items():

@@ -1,8 +1,6 @@
 """Training phases as data: each names the elastic values it opens, its epochs, lr and subnets.
-
 A phase's sampling space accumulates: dimensions opened by earlier phases stay open, dimensions
-never opened stay at their maximum. Resolution is elastic in every phase.
-"""
+never opened stay at their maximum. Resolution is elastic in every phase."""
 from __future__ import annotations
 
 import itertools
@@ -27,11 +25,8 @@ class PhaseError(ValueError):
 
 @dataclass(frozen=True)
 class Phase:
-    """One row of the phase table, resolved against a supernet's space.
-
-    `space` is what the phase samples from; `weight_decay`, `dropout` and `grad_clip` of None
-    mean the training defaults.
-    """
+    """One row of the phase table, resolved against a supernet's space (`space`: what the phase
+    samples from); `weight_decay`, `dropout` and `grad_clip` of None mean the training defaults."""
 
     name: str
     space: Space
@@ -78,10 +73,8 @@ def _open_values(where: str, key: str, value: Any, full: tuple) -> tuple:
 
 
 def parse_phases(table: Sequence[dict[str, Any]], space: Space, *, parallel: bool, early_exits: bool) -> list[Phase]:
-    """Resolve a phase table (a list of mappings, as in the config) against a supernet's space.
-
-    Rows with `only: parallel` / `only: early_exits` are skipped for supernets without that flag.
-    """
+    """Resolve a phase table (a list of mappings, as in the config) against a supernet's space;
+    rows with `only: parallel` / `only: early_exits` are skipped for supernets without that flag."""
     if not isinstance(table, (list, tuple)) or not table:
         raise PhaseError(f"the phase table must be a non-empty list of mappings; got {table!r}")
     flags = {"parallel": parallel, "early_exits": early_exits}
@@ -119,7 +112,8 @@ def parse_phases(table: Sequence[dict[str, Any]], space: Space, *, parallel: boo
     return phases
 
 
-def _uniform_arch(space: Space, resolution: int, kernel: int, expand: int, depth: int, key: int, exit_: int) -> Architecture:
+def _uniform_arch(space: Space, resolution: int, kernel: int, expand: int, depth: int, key: int,
+                  exit_: int) -> Architecture:
     if not key & MBCONV:
         kernel, expand = min(space.kernels), min(space.expands)
     return Architecture(resolution, space.widths[0], [[Block(kernel, expand, key)] * depth] * exit_)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -21,38 +21,30 @@ def _is_number(value: Any) -> bool:
 def check_fields(settings: Any, section: str = "", *, integers: Mapping[str, int] = {},
                  numbers: Mapping[str, Range] = {}, positive: Sequence[str] = (),
                  fractions: Sequence[str] = (), choices: Mapping[str, Sequence[Any]] = {},
-                 flags: Sequence[str] = (), nullable: Sequence[str] = ()) -> None:
+                 flags: Sequence[str] = (), paths: Sequence[str] = (), nullable: Sequence[str] = ()) -> None:
     """ValueError naming the first bad field: `integers` name -> least value, `numbers` name ->
     (low, high) inclusive, `positive` numbers > 0, `fractions` in [0, 1), `choices` name ->
-    allowed values, `flags` booleans; a field in `nullable` may also be None."""
+    allowed values, `flags` booleans, `paths` strings; a field in `nullable` may also be None."""
     prefix = f"{section}." if section else ""
 
-    def bad(name: str, expected: str) -> ValueError:
-        null = " or null" if name in nullable else ""
-        return ValueError(f"{prefix}{name} = {getattr(settings, name)!r}; expected {expected}{null}")
-
-    def given(name: str) -> bool:
-        return not (name in nullable and getattr(settings, name) is None)
+    def check(name: str, ok: Callable[[Any], bool], expected: str) -> None:
+        value = getattr(settings, name)
+        if not (name in nullable and value is None) and not ok(value):
+            null = " or null" if name in nullable else ""
+            raise ValueError(f"{prefix}{name} = {value!r}; expected {expected}{null}")
 
     for name, low in integers.items():
-        value = getattr(settings, name)
-        if given(name) and not (_is_int(value) and value >= low):
-            raise bad(name, "a positive integer" if low == 1 else f"an integer >= {low}")
+        check(name, lambda v: _is_int(v) and v >= low, "a positive integer" if low == 1 else f"an integer >= {low}")
     for name, (low, high) in numbers.items():
-        value = getattr(settings, name)
-        if given(name) and not (_is_number(value) and low <= value <= high):
-            raise bad(name, f"a number in [{low:g}, {high:g}]" if math.isfinite(high) else f"a number >= {low:g}")
+        expected = f"a number in [{low:g}, {high:g}]" if math.isfinite(high) else f"a number >= {low:g}"
+        check(name, lambda v: _is_number(v) and low <= v <= high, expected)
     for name in positive:
-        value = getattr(settings, name)
-        if given(name) and not (_is_number(value) and 0 < value < math.inf):
-            raise bad(name, "a positive number")
+        check(name, lambda v: _is_number(v) and 0 < v < math.inf, "a positive number")
     for name in fractions:
-        value = getattr(settings, name)
-        if given(name) and not (_is_number(value) and 0 <= value < 1):
-            raise bad(name, "a number in [0, 1)")
+        check(name, lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
     for name, allowed in choices.items():
-        if given(name) and getattr(settings, name) not in allowed:
-            raise bad(name, f"one of {', '.join(map(str, allowed))}")
+        check(name, lambda v: v in allowed, f"one of {', '.join(map(str, allowed))}")
     for name in flags:
-        if given(name) and not isinstance(getattr(settings, name), bool):
-            raise bad(name, "true or false")
+        check(name, lambda v: isinstance(v, bool), "true or false")
+    for name in paths:
+        check(name, lambda v: isinstance(v, str), "a path")

@@ -40,18 +40,15 @@ class Subnet(Body):
         self.dropout, self.bn_momentum, self.bn_eps = dropout, bn_momentum, bn_eps
         plan = Plan(arch.width)
         self.build_fixed(plan, n_classes, self.exit_list, dropout)
-        self.stages = nn.ModuleList()
-        for s, stage in enumerate(arch.stages):
-            blocks = nn.ModuleList()
-            for b, block in enumerate(stage):
-                pos = plan.position(s, b)
-                mbconv = (MBConv(pos.in_channels, pos.out_channels, block.kernel, block.expand, pos.stride,
-                                 pos.act, pos.se) if block.key & MBCONV else None)
-                conv1x1, transform = parallel_branches(pos) if block.key & (CONV1X1 | TRANSFORM) else (None, None)
-                blocks.append(ParallelBlock(mbconv, conv1x1 if block.key & CONV1X1 else None,
-                                            transform if block.key & TRANSFORM else None,
-                                            residual=pos.residual, key=block.key))
-            self.stages.append(blocks)
+        self.stages = nn.ModuleList(nn.ModuleList() for _ in arch.stages)
+        for s, b, block in arch.blocks():
+            pos = plan.position(s, b)
+            mbconv = (MBConv(pos.in_channels, pos.out_channels, block.kernel, block.expand, pos.stride, pos.act, pos.se)
+                      if block.key & MBCONV else None)
+            conv1x1, transform = parallel_branches(pos) if block.key & (CONV1X1 | TRANSFORM) else (None, None)
+            self.stages[s].append(ParallelBlock(mbconv, conv1x1 if block.key & CONV1X1 else None,
+                                                transform if block.key & TRANSFORM else None,
+                                                residual=pos.residual, key=block.key))
         self.set_bn(bn_momentum, bn_eps)
 
     @property

@@ -1,6 +1,7 @@
 """The OFAv2 super-network: one class, three flags (dense, parallel, early_exits)."""
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,11 +23,9 @@ def default_space(parallel: bool, early_exits: bool, width: float, resolutions: 
 
 
 class Supernet(Body):
-    """OFA MobileNetV3 with optional parallel blocks, dense skips and early exits.
-
-    One instance holds one width multiplier; widths 1.0 and 1.2 are two supernets. Every body
-    position holds an elastic MBConv and, when `parallel`, the two static parallel branches.
-    """
+    """OFA MobileNetV3 with optional parallel blocks, dense skips and early exits, for one width
+    multiplier (widths 1.0 and 1.2 are two supernets). Every body position holds an elastic MBConv
+    and, when `parallel`, the two static parallel branches."""
 
     def __init__(self, n_classes: int, width: float = 1.0, *, dense: bool = False,
                  parallel: bool = False, early_exits: bool = False, space: Space | None = None,
@@ -56,19 +55,14 @@ class Supernet(Body):
         branches = parallel_branches(pos) if self.parallel else (None, None)
         return ParallelBlock(mbconv, *branches, residual=pos.residual, key=MBCONV)
 
-    # -- the active subnet ------------------------------------------------------------------
     def set_active(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> None:
         """Make `arch` the subnet that forward runs; `exits` as in `extract`."""
         self.space.check(arch)
         active_exits = normalize_exits(arch, exits, self.early_exits)
-        stages = []
-        for s, stage in enumerate(arch.stages):
-            for b, block in enumerate(stage):
-                pb = self.stages[s][b]
-                pb.key = block.key
-                pb.mbconv.active_kernel_size = block.kernel
-                pb.mbconv.active_expand_ratio = block.expand
-            stages.append(list(self.stages[s][:len(stage)]))
+        for s, b, block in arch.blocks():
+            pb = self.stages[s][b]
+            pb.key, pb.mbconv.active_kernel_size, pb.mbconv.active_expand_ratio = block.key, block.kernel, block.expand
+        stages = [list(self.stages[s][:len(stage)]) for s, stage in enumerate(arch.stages)]
         self.active_arch, self.active_exits, self._active_stages = arch, active_exits, stages
 
     def sample_active(self, rng: np.random.Generator, space: Space | None = None) -> Architecture:
@@ -86,7 +80,6 @@ class Supernet(Body):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         return self.run(x, self._active_stages, self.active_exits)
 
-    # -- extraction -------------------------------------------------------------------------
     def subnet_config(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> dict[str, Any]:
         self.space.check(arch)
         return {"arch": arch.to_dict(), "n_classes": self.n_classes, "dense": self.dense,
@@ -96,40 +89,33 @@ class Supernet(Body):
     def subnet_state(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> dict[str, torch.Tensor]:
         """Weights of the static subnet for `arch`, under `Subnet`'s parameter names."""
         self.space.check(arch)
-        state = {f"stem.{k}": v for k, v in self.stem.state_dict().items()}
-        state.update({f"first_block.{k}": v for k, v in self.first_block.state_dict().items()})
+        state = {**self.stem.state_dict(prefix="stem."), **self.first_block.state_dict(prefix="first_block.")}
         for s, b, block in arch.blocks():
             pb, prefix = self.stages[s][b], f"stages.{s}.{b}."
-            pos = self.plan.position(s, b)
             if block.key & MBCONV:
-                for k, v in pb.mbconv.active_state(pos.in_channels, block.kernel, block.expand).items():
-                    state[f"{prefix}mbconv.{k}"] = v
+                active = pb.mbconv.active_state(self.plan.position(s, b).in_channels, block.kernel, block.expand)
+                state.update({f"{prefix}mbconv.{k}": v for k, v in active.items()})
             for bit, name in ((CONV1X1, "conv1x1"), (TRANSFORM, "transform")):
                 if block.key & bit:
-                    state.update({f"{prefix}{name}.{k}": v for k, v in getattr(pb, name).state_dict().items()})
+                    state.update(getattr(pb, name).state_dict(prefix=f"{prefix}{name}."))
         for x in normalize_exits(arch, exits, self.early_exits):
-            state.update({f"exits.{x}.{k}": v for k, v in self.exits[str(x)].state_dict().items()})
+            state.update(self.exits[str(x)].state_dict(prefix=f"exits.{x}."))
         return state
 
     def extract(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> Subnet:
-        """A standalone static subnet with copied weights.
-
-        `exits`: None for the arch's own exit only, "all" for every exit 1..X, or an explicit
-        increasing list ending at X (early-exit supernets).
-        """
+        """A standalone static subnet with copied weights. `exits`: None for the arch's own exit only,
+        "all" for every exit 1..X, or an increasing list ending at X (early-exit supernets)."""
         subnet = Subnet(**self.subnet_config(arch, exits))
         subnet.load_state_dict(self.subnet_state(arch, exits))
         device = next(self.parameters()).device
         return subnet.to(device).train(self.training)
 
-    # -- training helpers -------------------------------------------------------------------
     def sort_channels(self, expand_stage: int = 0) -> None:
         """Sort every elastic MBConv's middle channels by importance (`ofa`'s channel sorting), so
         that smaller expand ratios keep the most important channels; the max network's function
         is unchanged. `expand_stage` 0 before the first expand phase, 1 before the second."""
-        for stage in self.stages:
-            for block in stage:
-                block.mbconv.re_organize_middle_weights(expand_ratio_stage=expand_stage)
+        for block in chain.from_iterable(self.stages):
+            block.mbconv.re_organize_middle_weights(expand_ratio_stage=expand_stage)
 
     def set_dropout(self, p: float) -> None:
         """Dropout before every exit's classifier (phases differ: 0.2 in the full phase)."""
@@ -137,7 +123,6 @@ class Supernet(Body):
             head.dropout.p = p
         self.dropout = p
 
-    # -- heads ------------------------------------------------------------------------------
     def reset_heads(self, n_classes: int) -> None:
         """New, freshly initialised classifiers for `n_classes` classes (e.g. a new dataset)."""
         for head in self.exits.values():

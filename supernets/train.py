@@ -1,18 +1,16 @@
 """Supernet training through a phase table: Extended Progressive Shrinking and the NAT2 warm-up.
 
 Each phase starts from the previous phase's best checkpoint and distils from its progressively
-extracted teacher (PET): the max network of that checkpoint, BN recalibrated at every training
+extracted teacher (PET): that checkpoint's max network, BN recalibrated at every training
 resolution, frozen. A step draws one resolution and `subnets_per_step` subnets from the phase's
-space (seeded by the step, so every rank trains the same subnets), accumulates their gradients,
-then takes one SGD step. Augmentation and dropout are seeded per (seed, phase, epoch, rank), so
-ranks see different draws. Checkpoints are written at the end of every epoch; a killed run
-continues from the last one and ends with the same weights as an uninterrupted run, with loader
-workers too. Under `bf16` the forward runs in bfloat16 autocast and the losses in fp32.
-"""
+space (seeded by the step: every rank trains the same subnets), accumulates their gradients, then
+takes one SGD step; augmentation and dropout are seeded per (seed, phase, epoch, rank). A killed
+run continues from the checkpoint of its last epoch and ends with the same weights as an
+uninterrupted one, loader workers included. Under `bf16` the forward runs in bfloat16, the losses
+in fp32."""
 from __future__ import annotations
 
 import csv
-import io
 import logging
 import math
 import sys
@@ -54,10 +52,8 @@ class TrainingError(RuntimeError):
 @dataclass(frozen=True)
 class TrainOptions:
     """Settings shared by all phases (the phase table overrides lr, weight decay, dropout, clip).
-
-    `lr` of a phase is for a global batch of `reference_batch`; it is scaled linearly to
-    `batch_size` x processes.
-    """
+    A phase's `lr` is for a global batch of `reference_batch`, scaled linearly to `batch_size` x
+    processes."""
 
     batch_size: int = 64
     reference_batch: int = 64
@@ -96,11 +92,9 @@ def build_teacher(supernet: Supernet, splits: Splits, options: TrainOptions, dev
     """PET: the supernet's max network (every exit of an early-exit supernet), frozen. In eval
     mode its BN is recalibrated on the calibration images at every training resolution, and each
     batch is normalised with the statistics of its own resolution."""
-    arch = supernet.space.max_arch()
-    teacher = supernet.extract(arch, "all" if supernet.early_exits else None).to(device)
+    teacher = supernet.extract(supernet.space.max_arch(), "all" if supernet.early_exits else None).to(device)
     if options.teacher_bn == "train":
         return freeze(teacher, "train")
-
     data = EvalData(splits, device, budget_mb=0)   # each resolution read once: nothing to gain from a cache
     return ResolutionTeacher(teacher, lambda r: data.batches("calibration", r, options.calibration_batch),
                              supernet.space.resolutions)
@@ -129,9 +123,8 @@ def validate(supernet: Supernet, archs: Sequence[Architecture], data: EvalData, 
     exits = "all" if aep and supernet.early_exits else None
     top1 = []
     for arch in archs:
-        n_exits = arch.exit if exits else 1
         correct, total = subnet_top1(supernet, arch, data, "val", exits=exits,
-                                     beta=aep_weights(options.aep_scheme, n_exits)[1] if exits else None,
+                                     beta=aep_weights(options.aep_scheme, arch.exit)[1] if exits else None,
                                      batch_size=options.eval_batch_size, calibration_batch=options.calibration_batch,
                                      positions=positions[ctx.rank::ctx.world_size], bf16=eval_bf16(options, ctx.device),
                                      channels_last=ctx.device.type == "cuda")
@@ -151,12 +144,10 @@ class _Metrics:
             self.writer = SummaryWriter(str(tb_dir))
 
     def write(self, history: list[dict[str, Any]]) -> None:
-        buf = io.StringIO()
-        out = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
-        out.writeheader()
-        out.writerows(history)
         with atomic_write(self.path, "w") as f:
-            f.write(buf.getvalue())
+            out = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
+            out.writeheader()
+            out.writerows(history)
         if self.writer is not None:
             row = history[-1]
             for key, value in row.items():
@@ -174,28 +165,24 @@ ArchSampler = Callable[[np.random.Generator, int, int], list[Architecture]]
 
 class PhaseTrainer:
     """Runs one phase on one supernet: the epoch loop, validation, checkpoints, metrics.
-
-    `arch_sampler(rng, resolution, n)` replaces uniform sampling from the phase's space (the
-    search's adaptation samples from the archive's distribution); `resolution_weights` are the
-    probabilities of the supernet's resolutions per batch (default uniform).
-    """
+    `arch_sampler(rng, resolution, n)` replaces uniform sampling from the phase's space (the search's
+    adaptation samples from the archive's distribution); `resolution_weights` are the probabilities
+    of the supernet's resolutions per batch (default uniform)."""
 
     def __init__(self, supernet: Supernet, phase: Phase, index: int, splits: Splits, options: TrainOptions,
                  out_dir: Path, ctx: Dist, teacher: nn.Module | None, tb_dir: Path | None,
                  base_dropout: float, arch_sampler: ArchSampler | None = None,
                  resolution_weights: Sequence[float] | None = None) -> None:
         self.supernet, self.phase, self.index, self.splits = supernet, phase, index, splits
-        self.base_dropout, self.arch_sampler = base_dropout, arch_sampler
+        self.base_dropout, self.arch_sampler, self.tb_dir = base_dropout, arch_sampler, tb_dir
         self.options, self.dir, self.ctx, self.teacher = options, out_dir, ctx, teacher
-        self.tb_dir = tb_dir
         self.model: nn.Module = supernet
         if ctx.enabled:
             # running statistics are never used in training (every evaluation recalibrates): no broadcast
             self.model = DistributedDataParallel(supernet, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                                  else None, find_unused_parameters=True, broadcast_buffers=False)
         self.sampler = ResolutionBatchSampler(len(splits.train), options.batch_size, supernet.space.resolutions,
-                                              seed=options.seed + 1000 * index, ctx=ctx,
-                                              weights=resolution_weights)
+                                              seed=options.seed + 1000 * index, ctx=ctx, weights=resolution_weights)
         # its own generator: starting the workers draws their base seed from it, not from the
         # global generator that dropout uses (else a resumed epoch's masks would shift by a draw)
         loader_seed = int(step_seed(LOADER, options.seed, index, ctx.rank).generate_state(1)[0])
@@ -217,7 +204,6 @@ class PhaseTrainer:
         self.eval_data = EvalData(splits, ctx.device, budget_mb=options.eval_cache_mb, num_workers=options.num_workers)
         self.val_subset = validation_subset(len(splits.val), options)
 
-    # -- checkpoints -----------------------------------------------------------------------
     def _payload(self, epoch: int, best: tuple[float, int], history: list[dict[str, Any]],
                  optimizer: bool) -> dict[str, Any]:
         state = {"format": FORMAT, "phase": self.phase.name, "epoch": epoch, "best_top1": best[0],
@@ -236,7 +222,6 @@ class PhaseTrainer:
         log.info("%s: continuing from %s after epoch %d", self.phase.name, path, state["epoch"])
         return state["epoch"], (state["best_top1"], state["best_epoch"]), state["history"]
 
-    # -- one step --------------------------------------------------------------------------
     def _loss(self, out: Any, y: torch.Tensor, z_t: torch.Tensor | None, alpha: Sequence[float]) -> torch.Tensor:
         """sum_i alpha_i [CE(z_i, y) + kd_ratio H(p_T, z_i)] over the active exits (one exit: alpha = 1),
         in fp32 whatever precision the forward ran in: a loss on bf16 logits (8-bit mantissa) puts
@@ -265,8 +250,7 @@ class PhaseTrainer:
                 z_t = teacher_logits(self.teacher, x, beta)
         losses = []   # on the device: one host synchronisation per step, not one per subnet
         for j, arch in enumerate(archs):
-            exits = "all" if self.phase.aep and self.supernet.early_exits else None
-            self.supernet.set_active(arch, exits)
+            self.supernet.set_active(arch, "all" if self.phase.aep and self.supernet.early_exits else None)
             alpha = aep_weights(self.options.aep_scheme, len(self.supernet.active_exits))[0]
             last = j == len(archs) - 1
             with (self.model.no_sync() if self.ctx.enabled and not last else nullcontext()):
@@ -279,9 +263,9 @@ class PhaseTrainer:
         mean_loss, norm = (float(v) for v in torch.stack([sum(losses) / len(losses), norm.detach()]).tolist())
         if not math.isfinite(norm):
             raise TrainingError(
-                f"phase {self.phase.name!r}: non-finite gradient (norm {norm}, losses {[v.item() for v in losses]} for subnets "
-                f"{[str(a) for a in archs]}); the last good checkpoint {self.dir / 'last.pt'} is kept. Lower the "
-                "phase's lr or set train.grad_clip")
+                f"phase {self.phase.name!r}: non-finite gradient (norm {norm}, losses {[v.item() for v in losses]} "
+                f"for subnets {[str(a) for a in archs]}); the last good checkpoint {self.dir / 'last.pt'} is kept. "
+                "Lower the phase's lr or set train.grad_clip")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return mean_loss
@@ -300,7 +284,6 @@ class PhaseTrainer:
             raise TrainingError(f"phase {self.phase.name!r}: ranks {differ} diverged from rank 0 (weights or "
                                 f"sampled subnets differ: {[t.tolist() for t in everyone]})")
 
-    # -- the phase -------------------------------------------------------------------------
     def run(self, until: int | None = None) -> float:
         """Train the remaining epochs of the phase, or up to epoch `until` (a phase spread over
         several calls, as the search's adaptation is); returns the best mean validation top-1."""
@@ -313,7 +296,6 @@ class PhaseTrainer:
         self.supernet.set_dropout(self.base_dropout if phase.dropout is None else phase.dropout)
         metrics = _Metrics(self.dir / "metrics.csv", self.tb_dir, phase.name) if ctx.is_main else None
         grid = validation_grid(phase.space, o.val_settings)
-        device = ctx.device
         try:
             for epoch in range(start, phase.total_epochs if until is None else min(until, phase.total_epochs)):
                 t0 = time.time()
@@ -326,7 +308,7 @@ class PhaseTrainer:
                 for b, (x, y) in enumerate(bar):
                     step = epoch * self.steps_per_epoch + b
                     self.scheduler.step_update(step)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
                     archs = self.step_archs(step, x.shape[-1])
                     digest = zlib.crc32(repr(archs).encode(), digest)
                     loss_sum += self.train_step(x, y, archs)
@@ -356,9 +338,8 @@ class PhaseTrainer:
                         atomic_save(self._payload(epoch + 1, best, history, optimizer=False), self.dir / "best.pt")
                     atomic_save(self._payload(epoch + 1, best, history, optimizer=True), self.dir / "last.pt")
                     metrics.write(history)
-                log.info("%s epoch %d/%d: loss %.4f, val top-1 %s (%.1f s)", phase.name, epoch + 1,
-                         phase.total_epochs, row["train_loss"],
-                         "-" if row["val_top1"] == "" else f"{row['val_top1']:.2f}", row["seconds"])
+                log.info("%s epoch %d/%d: loss %.4f, val top-1 %s (%.1f s)", phase.name, epoch + 1, phase.total_epochs,
+                         row["train_loss"], "-" if row["val_top1"] == "" else f"{row['val_top1']:.2f}", row["seconds"])
                 if ctx.enabled:
                     torch.distributed.barrier()
         finally:
@@ -373,12 +354,11 @@ def phase_done(out_dir: Path, phase: Phase) -> bool:
 
 
 def train_supernet(supernet: Supernet, phases: Sequence[Phase], splits: Splits, out_dir: str | Path,
-                   options: TrainOptions = TrainOptions(), ctx: Dist = Dist(), tb_dir: str | Path | None = None) -> Path:
-    """Train `supernet` through `phases`, writing `out_dir/<phase>/{last.pt,best.pt,metrics.csv}`.
-
-    Finished phases are skipped and an interrupted phase continues from its last.pt, so calling
-    this again after a kill resumes the run. Returns the best checkpoint of the last phase.
-    """
+                   options: TrainOptions = TrainOptions(), ctx: Dist = Dist(),
+                   tb_dir: str | Path | None = None) -> Path:
+    """Train `supernet` through `phases`, writing `out_dir/<phase>/{last.pt,best.pt,metrics.csv}`;
+    returns the last phase's best checkpoint. Finished phases are skipped and an interrupted one
+    continues from its last.pt, so calling this again after a kill resumes the run."""
     out_dir = Path(out_dir)
     supernet.to(ctx.device)
     base_dropout = supernet.dropout

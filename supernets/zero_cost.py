@@ -1,11 +1,7 @@
-"""Training-free scores of a network: intra-cluster distance (ICD) and Synflow.
-
-Both are computed on the static network as given (inherited or freshly initialised weights; a
-dynamic Supernet is refused: extract the subnet first) and leave it untouched: ICD runs in eval
-mode without gradients and restores the mode; Synflow works on a deep copy. Higher is better for
-both. Candidates are only comparable when scored with the same image batch, batch size,
-initialisation scheme and seeds (the caller fixes those).
-"""
+"""Training-free scores of a static network (inherited or fresh weights; a dynamic Supernet is
+refused: extract the subnet first): intra-cluster distance (ICD) and Synflow (higher is better for
+both); the network is left untouched. Candidates are comparable only when scored with the same
+image batch, batch size, initialisation scheme and seeds (the caller fixes those)."""
 from __future__ import annotations
 
 import copy
@@ -15,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .aep import as_exits
 from .supernet import Supernet
 
 # Activations whose output is > 0 exactly where their input is > 0, so the binary code of the
@@ -24,40 +21,28 @@ WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def activation_layers(model: nn.Module) -> list[nn.Module]:
-    """The modules ICD hooks by default: every sign-preserving activation module.
-
-    Why these: the binary code x > 0 of an activation's output says on which side of each unit's
-    hyperplane a sample falls (the linear-region code of NASWOT / JACOV), so distances between
-    codes measure how differently the network treats two images. Hooking every module's input
-    instead (the IFA code) counts the same tensor several times (a Sequential's input is its
-    first child's input) and binarises raw images and BN outputs, whose sign carries no such
-    meaning. Activations called functionally (e.g. inside squeeze-excite) are not modules and are
-    not hooked.
-    """
+    """The modules ICD hooks by default: every sign-preserving activation module. Their code x > 0
+    is the linear-region code of NASWOT / JACOV (on which side of each unit's hyperplane a sample
+    falls), so code distances measure how differently the network treats two images. Hooking every
+    module's input instead (the IFA code) counts a tensor several times (a Sequential's input is its
+    first child's) and binarises images and BN outputs, whose sign means nothing. Functional
+    activations (e.g. inside squeeze-excite) are not hooked."""
     return [m for m in model.modules() if isinstance(m, SIGN_PRESERVING)]
-
-
-def _refuse_dynamic(model: nn.Module) -> None:
-    """A Supernet's elastic blocks compute their activations functionally, out of the hooks' sight
-    (4 of the 32 activation modules of a plain supernet run), so its ICD would be silently wrong."""
-    if any(isinstance(m, Supernet) for m in model.modules()):
-        raise TypeError("icd: the model is (or holds) a dynamic Supernet, whose elastic blocks hide their "
-                        "activations from the hooks; score the static subnet: supernet.extract(arch)")
 
 
 @torch.no_grad()
 def icd(model: nn.Module, images: torch.Tensor, layers: Sequence[nn.Module] | None = None) -> float:
-    """Intra-cluster distance of the binary activation codes of `images` (N >= 2, on the model's device).
-
-    For each hooked layer: the code of sample i is its output > 0 (flattened), the centroid is
-    the mean code over the batch, and the layer adds |c_i - centroid|^2 to sample i. The score
-    is the mean over samples of the square root of the per-sample sum. A layer called several
-    times in one forward counts once per call. Eval mode, no gradients; mode and hooks restored.
-    Every hooked layer must run: one that does not means the network computes that activation
-    some other way (a dynamic module), and the score would silently miss it. A Supernet is
-    refused outright.
-    """
-    _refuse_dynamic(model)
+    """Intra-cluster distance of the binary activation codes of `images` (N >= 2, on the model's device):
+    each hooked layer, at every call, adds |c_i - centroid|^2 to sample i, c_i being its output > 0
+    flattened and the centroid the batch's mean code; the score is the mean over samples of the
+    square root of their sums. Eval mode, no gradients; mode and hooks restored. Every hooked layer
+    must run: one that does not is computed some other way (a dynamic module) and would be silently
+    missed; a Supernet is refused outright."""
+    # a Supernet's elastic blocks compute their activations functionally, out of the hooks' sight
+    # (4 of the 32 activation modules of a plain supernet run), so its ICD would be silently wrong
+    if any(isinstance(m, Supernet) for m in model.modules()):
+        raise TypeError("icd: the model is (or holds) a dynamic Supernet, whose elastic blocks hide their "
+                        "activations from the hooks; score the static subnet: supernet.extract(arch)")
     if images.ndim < 2 or images.shape[0] < 2:
         raise ValueError(f"icd needs a batch of at least 2 images; got a tensor of shape {tuple(images.shape)}")
     layers = activation_layers(model) if layers is None else list(layers)
@@ -112,16 +97,12 @@ def _without_bn(model: nn.Module) -> nn.Module:
 
 
 def synflow(model: nn.Module, resolution: int | tuple[int, int], in_channels: int = 3) -> float:
-    """log10 of the Synflow score: sum over conv/linear weights of |theta * dR/dtheta|.
-
-    Computed on a deep copy in float64, eval mode (no dropout), every BatchNorm replaced by the
-    identity (as in the zero-cost-proxy code: with a batch of one all-ones image, train-mode BN
-    would erase the signal, and eval-mode BN would make the score depend on running statistics),
-    every parameter replaced by its absolute value; R = sum of the outputs (of all exits) for an
-    all-ones input of batch 1. The log keeps the scores of deep nets (raw values beyond 1e60)
-    readable and rankable; a score of 0 gives -inf. Raises if float64 overflows.
-    The original network's weights, dtype, device and mode are untouched.
-    """
+    """log10 of the Synflow score: sum over conv/linear weights of |theta * dR/dtheta|, R the sum of
+    all exits' outputs for one all-ones image. On a float64 deep copy (the model is untouched) in
+    eval mode, every parameter replaced by its absolute value and every BatchNorm by the identity
+    (as in the zero-cost-proxy code: on one all-ones image train-mode BN would erase the signal,
+    eval-mode BN would make the score depend on running statistics). The log keeps deep nets'
+    scores (beyond 1e60) rankable; 0 gives -inf; a float64 overflow raises."""
     size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     first = next(model.parameters(), None)
     if first is None:
@@ -133,9 +114,7 @@ def synflow(model: nn.Module, resolution: int | tuple[int, int], in_channels: in
             p.requires_grad_(True)
     x = torch.ones(1, in_channels, *size, dtype=torch.float64, device=first.device)
     with torch.enable_grad():
-        out = net(x)
-        outputs = out if isinstance(out, (tuple, list)) else (out,)
-        torch.stack([o.sum() for o in outputs]).sum().backward()
+        torch.stack([z.sum() for z in as_exits(net(x))]).sum().backward()
     with torch.no_grad():
         score = sum(float((m.weight * m.weight.grad).abs().sum()) for m in net.modules()
                     if isinstance(m, WEIGHTED) and m.weight.grad is not None)
