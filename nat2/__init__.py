@@ -3,7 +3,7 @@
 The library: the search space (`SearchSpace`), the NAT2 search (`Archive`, `Search`,
 `Evaluator`, ...) and RB-IFA (`rb_ifa`, `pf_ifa`, `pseudo_front`, `rb_select`, ...). The
 command-line application lives in `nat2.app`. Names are imported on first use, so that
-`import nat2` (and `nat2 --help`) does not load torch.
+`import nat2` alone does not load torch.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 _EXPORTS = {
     "nat2.space": ("EncodingError", "SearchSpace", "encoding_key"),
     "nat2.search": ("AdaptSettings", "Archive", "ArchiveDistribution", "ArchiveError", "Evaluator", "Search",
-                    "SearchFiles", "SearchSettings", "adapt", "build_predictor", "hypervolume", "initial_archive"),
+                    "SearchFiles", "SearchSettings", "adapt", "build_predictor", "hypervolume", "initial_archive",
+                    "iterations_done", "read_front"),
     "nat2.rbifa": ("IFASettings", "MetricCache", "TrainingFreeMetrics", "check_wp", "parse_wps", "pf_ifa",
                    "pseudo_front", "rank_score", "rb_ifa", "rb_scores", "rb_select", "training_free_search"),
 }

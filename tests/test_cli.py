@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nat2.app.cli import main
-from nat2.app.config import Config, ConfigError, defaults_yaml, load_config
+from nat2.app.config import Config, ConfigError, TrainSection, defaults_yaml, load_config
 from nat2.app.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,9 @@ def test_defaults_file_lists_every_default():
     ("rbifa.init=pretrained", "rbifa.init"), ("rbifa.wp=[2]", "rbifa.wp"), ("rbifa.gamma=-1", "rbifa.gamma"),
     ("train.schedule=cosine", "train.schedule"), ("train.device=tpu", "train.device"),
     ("train.batch_size=0", "batch_size"), ("train.eps=[{name: x, epochs: 0}]", "train.eps"),
+    ("train.warmup=[{name: x, epochs: 0}]", "train.warmup"), ("train.source={1.2: a.pt}", "train.source"),
+    ("supernet.resolutions=[0]", "supernet.resolutions"), ("search.supernet=5", "search.supernet"),
+    ("data.root=[a]", "data.root"), ("search.warm_start=3", "search.warm_start"),
 ])
 def test_run_rejects_a_bad_value_of_any_section_before_it_starts(tmp_path, capsys, override, key):
     """Every section is checked when the config loads: nothing is written for a bad value."""
@@ -65,6 +68,12 @@ def test_run_rejects_a_bad_value_of_any_section_before_it_starts(tmp_path, capsy
     assert code == 2 and err.startswith("nat2: error: ") and err.count("\n") == 1
     assert (key or "train.eps") in err
     assert not run.exists()
+
+
+def test_finetune_evaluates_with_the_train_sections_settings():
+    config = Config(train=TrainSection(eval_batch_size=64, num_workers=2))
+    assert (config.finetune.eval_batch_size, config.finetune.num_workers) == (64, 2)
+    assert Config.from_dict(config.to_dict()) == config
 
 
 def test_missing_config_file(tmp_path):

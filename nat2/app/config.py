@@ -70,14 +70,16 @@ class ConfigError(ValueError):
 
 
 def _values(items: Any, section: str, name: str, kind: type) -> None:
-    if not isinstance(items, list) or not items or any(isinstance(v, bool) or not isinstance(v, kind) for v in items):
-        raise ValueError(f"{section}.{name} = {items!r}; expected a non-empty list of "
+    if not isinstance(items, list) or not items or any(isinstance(v, bool) or not isinstance(v, kind) or v <= 0
+                                                       for v in items):
+        raise ValueError(f"{section}.{name} = {items!r}; expected a non-empty list of positive "
                          f"{'integers' if kind is int else 'numbers'}")
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    """The data set (`name` from DATASETS; `root` for the on-disk ones) and its seeded splits."""
+    """The data set (`name`: digits, cifar10, cifar100, tinyimagenet, imagefolder or synthetic;
+    `root`: the folder of the on-disk ones) and its seeded splits."""
 
     name: str = "digits"
     root: str | None = None
@@ -85,7 +87,8 @@ class DataSettings:
     calibration_size: int = 1000
 
     def __post_init__(self) -> None:
-        check_fields(self, "data", integers={"calibration_size": 1, "seed": 0}, choices={"name": DATASETS})
+        check_fields(self, "data", integers={"calibration_size": 1, "seed": 0}, choices={"name": DATASETS},
+                     paths=("root",), nullable=("root",))
 
     def load(self) -> Splits:
         return load_splits(self.name, self.root, seed=self.seed, calibration_size=self.calibration_size)
@@ -150,6 +153,9 @@ class RunSettings:
 
     dir: str | None = None
 
+    def __post_init__(self) -> None:
+        check_fields(self, "run", paths=("dir",), nullable=("dir",))
+
 
 @dataclass(frozen=True)
 class SearchSection(SearchSettings):
@@ -157,13 +163,15 @@ class SearchSection(SearchSettings):
     K candidates, NSGA-II on the predictor, knees. `supernet`: a checkpoint per width (may contain
     {width}; null: this run's last training phase's best.pt). `warm_start`: a JSON list of
     encodings (e.g. the training-free search's warm start) evaluated in the initial archive sample.
-    `adapt`: supernet adaptation between iterations."""
+    `adapt`: supernet adaptation between iterations (`epochs` 0 turns it off; `smoothing` > 0 keeps
+    values the archive's better half lacks reachable)."""
 
     supernet: str | None = None
     adapt: AdaptSettings = field(default_factory=AdaptSettings)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_fields(self, "search", paths=("supernet", "warm_start"), nullable=("supernet", "warm_start"))
         if isinstance(self.adapt, dict):
             object.__setattr__(self, "adapt", _section(AdaptSettings, self.adapt, "search.adapt"))
 
@@ -283,13 +291,6 @@ class TrainSection(TrainOptions):
         return Path(self.source.format(width=width))
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataSettings, "supernet": SupernetSettings, "sample": SampleSettings, "run": RunSettings,
-    "search": SearchSection, "select": SelectSettings, "finetune": FinetuneSection, "export": ExportSettings,
-    "rbifa": RbifaSection, "train": TrainSection,
-}
-
-
 def _section(cls: type, values: dict[str, Any], where: str, **derived: Any) -> Any:
     try:
         return cls(**values, **derived)
@@ -325,23 +326,25 @@ class Config:
     rbifa: RbifaSection = field(default_factory=RbifaSection)
     train: TrainSection = field(default_factory=TrainSection)
 
+    def __post_init__(self) -> None:
+        """Fine-tuning evaluates as training does; both phase tables must fit the supernet, and a
+        per-width warm-up source must name every width."""
+        object.__setattr__(self, "finetune", dataclasses.replace(
+            self.finetune, **{k: getattr(self.train, k) for k in FinetuneSection.FROM_TRAIN}))
+        sn = self.supernet
+        for table in ("eps", "warmup"):
+            try:
+                parse_phases(getattr(self.train, table), sn.search_space().space, parallel=sn.parallel,
+                             early_exits=sn.early_exits)
+            except PhaseError as err:
+                raise ConfigError(f"train.{table}: {err}") from None
+        for width in sn.widths:
+            self.train.source_path(float(width))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
-        """A config from a complete nested mapping (`to_dict`'s shape); ConfigError on any bad value,
-        including a phase table that does not fit the supernet."""
-        train = _section(TrainSection, data["train"], "train")
-        sections = {name: _section(kind, data[name], name) for name, kind in SECTIONS.items()
-                    if name not in ("train", "finetune")}
-        finetune = _section(FinetuneSection, data["finetune"], "finetune",
-                            **{k: getattr(train, k) for k in FinetuneSection.FROM_TRAIN})
-        config = cls(train=train, finetune=finetune, **sections)
-        sn = config.supernet
-        try:
-            parse_phases(getattr(train, train.schedule), sn.search_space().space, parallel=sn.parallel,
-                         early_exits=sn.early_exits)
-        except PhaseError as err:
-            raise ConfigError(f"train.{train.schedule}: {err}") from None
-        return config
+        """A config from a complete nested mapping (`to_dict`'s shape); ConfigError on any bad value."""
+        return cls(**{name: _section(kind, data[name], name) for name, kind in SECTIONS.items()})
 
     def to_dict(self) -> dict[str, Any]:
         """The nested mapping a run directory records (lists, numbers, strings; no hidden fields)."""
@@ -349,6 +352,9 @@ class Config:
 
     def with_run_dir(self, path: str | Path) -> Config:
         return dataclasses.replace(self, run=RunSettings(dir=str(path)))
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any], where: str) -> None:
@@ -370,7 +376,8 @@ def defaults_yaml() -> str:
     docstring of its class (a test keeps the file equal to this)."""
     lines = ["# Every config key with its default, generated from nat2.app.config.defaults_yaml()."]
     for name, data in Config().to_dict().items():
-        lines += ["", *(f"# {line}" for line in textwrap.wrap(" ".join(SECTIONS[name].__doc__.split()), 98))]
+        lines += ["", *(f"# {line}" for line in textwrap.wrap(" ".join(SECTIONS[name].__doc__.split()), 98,
+                                                                          break_on_hyphens=False))]
         lines.append(yaml.safe_dump({name: data}, sort_keys=False, width=120, default_flow_style=None).rstrip())
     return "\n".join(lines) + "\n"
 

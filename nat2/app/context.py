@@ -23,15 +23,13 @@ log = logging.getLogger(__name__)
 
 class Stage(NamedTuple):
     ctx: Dist
-    run_dir: RunDir
     splits: Splits
     space: SearchSpace
 
 
 def join(config: Config) -> Dist:
     """torchrun's job (if any) on the configured device."""
-    device = config.train.device
-    return init_distributed(None if device == "auto" else device)
+    return init_distributed(None if config.train.device == "auto" else config.train.device)
 
 
 def open_stage(config: Config, run_dir: RunDir, stage: str, command: str, resume: bool) -> Stage:
@@ -44,7 +42,7 @@ def open_stage(config: Config, run_dir: RunDir, stage: str, command: str, resume
         torch.distributed.barrier()
     setup_logging(run_dir, command, ctx.is_main)
     torch.manual_seed(config.train.seed)  # fresh supernet weights depend on nothing else
-    return Stage(ctx, run_dir, config.data.load(), config.supernet.search_space())
+    return Stage(ctx, config.data.load(), config.supernet.search_space())
 
 
 def setup_logging(run_dir: RunDir, command: str, is_main: bool) -> None:

@@ -11,15 +11,9 @@ def table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> 
     """`columns` are (header, format spec) such as ("val top-1", ">9.2f"); the header is aligned
     like its values. A column without a width is free text, set off by two spaces."""
     def line(cells: Sequence[str]) -> str:
-        out = ""
-        for (_, spec), cell in zip(columns, cells):
-            sep = "" if not out else " " if _SPEC.match(spec).group(2) else "  "
-            out += sep + cell
-        return out
+        return "".join(("" if i == 0 else " " if _SPEC.match(spec).group(2) else "  ") + cell
+                       for i, ((_, spec), cell) in enumerate(zip(columns, cells)))
 
-    heads = []
-    for header, spec in columns:
-        align, width, _ = _SPEC.match(spec).groups()
-        heads.append(f"{header:{align}{width}}")
+    heads = [f"{header:{''.join(_SPEC.match(spec).groups()[:2])}}" for header, spec in columns]
     body = [line([f"{value:{spec}}" for value, (_, spec) in zip(row, columns)]) for row in rows]
     return "\n".join([line(heads), *body])

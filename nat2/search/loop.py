@@ -185,7 +185,8 @@ class Search:
         return archive
 
     def iteration(self, k: int, archive: Archive) -> Archive:
-        """Steps 1-8 of spec section 3 for iteration k (1-based)."""
+        """One NAT2 iteration k (1-based): fit the predictor, generate and evaluate candidates, survive,
+        adapt and re-evaluate, record."""
         s, seed = self.settings, self.settings.seed * 1000 + k
         times: dict[str, float] = {}
         t = time.time()

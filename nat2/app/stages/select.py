@@ -11,9 +11,8 @@ with another method.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ...rbifa import rb_scores, rb_select
 from ...search import Archive, iterations_done, read_front
@@ -23,14 +22,12 @@ from ..context import setup_logging
 from ..rundir import RunDir, config_differences
 from ..tables import table
 
-log = logging.getLogger(__name__)
-
 
 class SelectionError(ValueError):
     """The search results needed for a selection are missing, or the selection is empty."""
 
 
-def _read(path: Path, read: Any, needs: str) -> Any:
+def _read(path: Path, read: Callable[[], Any], needs: str) -> Any:
     if not path.is_file():
         raise SelectionError(f"{path} does not exist; {needs}")
     try:

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def run(config: Config, run_dir: RunDir, resume: bool = False) -> None:
     """Train every width's supernet through the configured phase table."""
     tr = config.train
-    ctx, _, splits, space = open_stage(config, run_dir, "supernet", "train-supernet", resume)
+    ctx, splits, space = open_stage(config, run_dir, "supernet", "train-supernet", resume)
     log.info("%s: %d classes, %d train / %d val images; %d process(es) on %s; run directory %s", config.data.name,
              splits.n_classes, len(splits.train), len(splits.val), ctx.world_size, ctx.device, run_dir.path)
     results = []
