@@ -15,7 +15,7 @@
     PYTHONPATH=. python scripts/bench_rbifa.py [--seconds 30 --seeds 5 --subnets 100]
 
 Defaults take about 10 minutes on 2 CPU cores. The checkpoint comes from
-`nat2 train-supernet configs/bench-digits.yaml` (runs/bench-digits/supernet/w1.0/all/best.pt).
+`nat2 train-supernet configs/bench-digits.yaml` (the last phase's best.pt of that run).
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from scipy.stats import spearmanr
 from nat2.search.archive import hypervolume, reference_point
 from nat2.search.candidates import EncodingRepair
 from nat2.app.config import load_config
+from nat2.app.rundir import RunDir
 from nat2.search.evaluate import Evaluator
 from nat2.rbifa.ifa import IFASettings, MetricCache, non_dominated, parse_wps, pf_ifa, pseudo_front, rank_score
 from nat2.space import SearchSpace
@@ -49,7 +50,7 @@ from supernets.checkpoint import load_checkpoint
 from _bench import timed
 
 CONFIG = Path("configs/bench-digits.yaml")
-CHECKPOINT = Path("runs/bench-digits/supernet/w1.0/all/best.pt")
+CHECKPOINT = RunDir.of(load_config(CONFIG), CONFIG).phase_checkpoint(1.0, "all")
 
 
 class TrainingFreeProblem(Problem):

@@ -115,7 +115,7 @@ def main() -> None:
         ref, ideal = (np.array(search.state[key]) for key in ("reference_point", "ideal"))
         random_X = space.sample(np.random.default_rng(1000 + seed), len(evaluated))
         random_records = evaluator.evaluate(random_X, 0, cache, f"random seed {seed}")
-        final = Archive.load(out / f"iter_{iterations}" / "archive.json")
+        final = Archive.load(out.archive(iterations))
         hv.append({"seed": seed, "evaluations": len(evaluated),
                    "nat2_all_evaluated": round(hypervolume(objective_matrix(evaluated, OBJECTIVES), ref, ideal), 4),
                    "nat2_final_archive": round(hypervolume(final.F, ref, ideal), 4),

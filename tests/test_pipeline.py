@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import nat2.app.stages.export as export_command
+import nat2.app.stages.export as export_stage
 from nat2.app.cli import main
 from nat2.app.rundir import RunDir
 from nat2.search.evaluate import Evaluator
@@ -115,7 +115,7 @@ class _Kill(Exception):
 @pytest.mark.parametrize("stage", ["train-supernet", "search", "finetune", "export"])
 def test_run_resumes_after_a_kill_in_each_stage(stage, reference, tmp_path, monkeypatch):
     target, name, limit = {"train-supernet": (PhaseTrainer, "train_step", 3), "search": (Evaluator, "top1", 20),
-                           "finetune": (Finetuner, "_epoch", 4), "export": (export_command, "export_subnet", 1)}[stage]
+                           "finetune": (Finetuner, "_epoch", 4), "export": (export_stage, "export_subnet", 1)}[stage]
     original, calls = getattr(target, name), []
 
     def dying(*args, **kwargs):

@@ -346,7 +346,7 @@ def _scorer(tiny, files, supernets=None, init="fresh", batch_size=6):
                                calibration_batch=8, cache_path=files.metrics)
 
 
-def test_tf_search_writes_its_files_and_resumes(tiny, tmp_path):
+def test_training_free_search_writes_its_files_and_resumes(tiny, tmp_path):
     space, files = tiny[1], RunDir(tmp_path).tfsearch
     rows = training_free_search(space, _scorer(tiny, files), SETTINGS, files, "rbifa", [0.0, 1.0], warm_start=True)
     for path in (files.result, files.front_plot, files.metrics, files.warm_start, files.state(0.0), files.state(1.0)):
@@ -366,7 +366,7 @@ def test_tf_search_writes_its_files_and_resumes(tiny, tmp_path):
     assert "tf_01" in training_free_table(rows)
 
 
-def test_tf_search_with_inherited_weights_and_pfifa(tiny, tmp_path):
+def test_training_free_search_with_inherited_weights_and_pfifa(tiny, tmp_path):
     (splits, space), files = tiny, RunDir(tmp_path).tfsearch
     supernet = Supernet(splits.n_classes, 1.0, space=space.space)
     scorer = _scorer(tiny, files, {1.0: supernet}, init="inherited")

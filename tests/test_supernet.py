@@ -149,7 +149,7 @@ def test_parallel_block_sums_the_branches_of_its_key():
     assert first.conv.bias is not None
 
 
-def test_dense_stage_forward_follows_the_spec():
+def test_dense_stage_forward_follows_the_ofav2_paper():
     outs = []
 
     class Record(torch.nn.Module):

@@ -57,7 +57,7 @@ def _phases(net, table):
 
 # -- AEP and ENS-KD ------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
-def test_aep_weights_match_the_spec_formulas(n):
+def test_aep_weights_match_the_paper_formulas(n):
     asc = [i / (n * (n + 1) / 2) for i in range(1, n + 1)]
     assert aep_weights("unif", n) == ([1 / n] * n, [1 / n] * n)
     assert aep_weights("asc", n) == (asc, asc)
@@ -131,7 +131,7 @@ def test_freeze_turns_off_gradients_and_keeps_bn_statistics():
 
 # -- phase tables --------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", VARIANTS, ids=_ids)
-def test_default_eps_table_follows_the_spec(variant):
+def test_default_eps_table_follows_the_ofav2_paper(variant):
     net = _supernet(variant)
     phases = _phases(net, EPS_PHASES)
     names = [p.name for p in phases]
