@@ -163,6 +163,23 @@ def test_select_rbifa_picks_the_most_accurate_at_wp_1_and_the_cheapest_at_wp_0(s
     assert chosen["method"] == "front" and [r["id"] for r in chosen["subnets"]] == [r["id"] for r in front]
 
 
+def test_a_rejected_selection_leaves_the_run_directory_as_it_was(searched, capsys):
+    """A bad value or a damaged front fails before select deletes or writes anything."""
+    run = RunDir(searched)
+    assert main(["select", str(searched)]) == 0
+    front = json.loads(run.search.final.read_text())
+    del front[0]["knee"]
+    run.search.final.write_text(json.dumps(front))
+    files = {p: p.read_bytes() for p in (run.config_file, run.selection_file, run.search.final)}
+    capsys.readouterr()
+    for args in (["--wp", "1.5"], ["--wp", "nan"], ["--n", "0"], ["--set", "select.method=best"], []):
+        assert main(["select", str(searched), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("nat2: error: ") and err.count("\n") == 1
+    assert str(run.search.final) in err and "'knee'" in err
+    assert {p: p.read_bytes() for p in files} == files
+
+
 def test_the_selection_is_fixed_once_fine_tuning_has_started(reference, capsys):
     assert main(["select", str(reference), "--method", "front"]) == 2
     assert "fine-tuning has started" in capsys.readouterr().err

@@ -45,6 +45,15 @@ def final_archive(run_dir: RunDir) -> Archive:
 
 def select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, Any]]:
     """The chosen subnets as rows of the search's final front (id, encoding, arch, accuracies, costs)."""
+    try:
+        return _select(run_dir, method, wp, n)
+    except (KeyError, TypeError) as err:
+        raise SelectionError(f"{run_dir.search.final} or the last archive of {run_dir.stage('search')} is damaged "
+                             f"(a record lacks {err}); delete {run_dir.search.final.name} and run `nat2 search "
+                             f"{run_dir.path} --resume` to write it again") from None
+
+
+def _select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, Any]]:
     front = _read(run_dir.search.final, lambda: read_front(run_dir.search),
                   "the search has not finished: run `nat2 search` first")
     if method == "knee":
@@ -79,17 +88,16 @@ def run(config: Config, run_dir: RunDir) -> None:
     if diff:
         raise ConfigError(f"the config differs from {run_dir.config_file} at {', '.join(diff)}"
                           + ("; fine-tuning has started, so the selection is fixed" if finetuned else ""))
-    out = run_dir.selection_file
-    if out.exists() and not finetuned:
-        out.unlink()
-    run_dir.prepare(config, "select", resume=finetuned)
-    setup_logging(run_dir, "select", True)
-    s = config.select
-    rows = select(run_dir, s.method, s.wp, s.n)
+    s, out = config.select, run_dir.selection_file
+    rows = select(run_dir, s.method, s.wp, s.n)          # reads only: a failure leaves everything as it was
     old = run_dir.selection() if finetuned and out.exists() else None
     if old is not None and [r["id"] for r in old] != [r["id"] for r in rows]:
         raise SelectionError(f"fine-tuning in {run_dir.stage('finetune')} already uses the selection "
                              f"{[r['id'] for r in old]}; start a new run directory to fine-tune another selection")
+    if out.exists() and not finetuned:
+        out.unlink()
+    run_dir.prepare(config, "select", resume=finetuned)
+    setup_logging(run_dir, "select", True)
     run_dir.write_selection(s.method, s.wp, rows)
     print(table([("subnet", "<12"), ("val top-1", ">9.2f"), ("params (M)", ">10.3f"), ("MACs (M)", ">9.2f")],
                 [(r["id"], r["val_top1"], r["params"] / 1e6, r["macs"] / 1e6) for r in rows]))
