@@ -99,7 +99,6 @@ class RunDir:
         """`run.dir`, or runs/<name of the config file without extension>."""
         return cls(config.run.dir or Path("runs") / Path(source).stem)
 
-    # -- the run's own files ------------------------------------------------------------------
     config_file, env_file = _file("config.yaml"), _file("env.json")
 
     def log_file(self, command: str) -> Path:
@@ -112,7 +111,6 @@ class RunDir:
         """The config recorded by the last stage that ran here (a plain mapping), if any."""
         return yaml.safe_load(self.config_file.read_text()) if self.config_file.is_file() else None
 
-    # -- stages ---------------------------------------------------------------------------------
     def stage(self, name: str) -> Path:
         """The folder of stage `name` (a key of STAGE_FOLDERS)."""
         return self.path / STAGE_FOLDERS[name]
@@ -144,7 +142,6 @@ class RunDir:
             write_text(self.config_file, yaml.safe_dump(config.to_dict(), sort_keys=False))
             write_text(self.env_file, json.dumps(environment(), indent=2))
 
-    # -- supernet training ------------------------------------------------------------------
     def supernet(self, width: float) -> Path:
         """The training folder of one width's supernet (a folder per phase inside)."""
         return self.stage("supernet") / _width(width)
@@ -153,7 +150,6 @@ class RunDir:
         """`which` (best or last) checkpoint of a training phase."""
         return self.supernet(width) / phase / f"{which}.pt"
 
-    # -- search -----------------------------------------------------------------------------
     @property
     def search(self) -> SearchFolder:
         return SearchFolder(self.stage("search"))
@@ -169,7 +165,6 @@ class RunDir:
     def tfsearch(self) -> TrainingFreeFolder:
         return TrainingFreeFolder(self.stage("tfsearch"))
 
-    # -- selection --------------------------------------------------------------------------
     @property
     def selection_file(self) -> Path:
         return self.stage("select") / "selected.json"
@@ -183,7 +178,6 @@ class RunDir:
             raise RunDirError(f"{self.selection_file} does not exist; run `nat2 select` first")
         return json.loads(self.selection_file.read_text())["subnets"]
 
-    # -- fine-tuning ------------------------------------------------------------------------
     def finetune_job(self, subnet: str, variant: str) -> Path:
         return self.stage("finetune") / subnet / variant
 
@@ -201,7 +195,6 @@ class RunDir:
         path = self.result_file(subnet, variant)
         return json.loads(path.read_text()) if path.is_file() else None
 
-    # -- exports ----------------------------------------------------------------------------
     def export(self, name: str) -> Path:
         return self.stage("export") / name
 

@@ -45,15 +45,6 @@ def final_archive(run_dir: RunDir) -> Archive:
 
 def select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, Any]]:
     """The chosen subnets as rows of the search's final front (id, encoding, arch, accuracies, costs)."""
-    try:
-        return _select(run_dir, method, wp, n)
-    except (KeyError, TypeError) as err:
-        raise SelectionError(f"{run_dir.search.final} or the last archive of {run_dir.stage('search')} is damaged "
-                             f"(a record lacks {err}); delete {run_dir.search.final.name} and run `nat2 search "
-                             f"{run_dir.path} --resume` to write it again") from None
-
-
-def _select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, Any]]:
     front = _read(run_dir.search.final, lambda: read_front(run_dir.search),
                   "the search has not finished: run `nat2 search` first")
     if method == "knee":
@@ -89,7 +80,12 @@ def run(config: Config, run_dir: RunDir) -> None:
         raise ConfigError(f"the config differs from {run_dir.config_file} at {', '.join(diff)}"
                           + ("; fine-tuning has started, so the selection is fixed" if finetuned else ""))
     s, out = config.select, run_dir.selection_file
-    rows = select(run_dir, s.method, s.wp, s.n)          # reads only: a failure leaves everything as it was
+    try:                                                  # reads only: a failure leaves everything as it was
+        rows = select(run_dir, s.method, s.wp, s.n)
+    except (KeyError, TypeError) as err:
+        raise SelectionError(f"{run_dir.search.final} or the last archive of {run_dir.stage('search')} is damaged "
+                             f"(a record lacks {err}); delete {run_dir.search.final.name} and run `nat2 search "
+                             f"{run_dir.path} --resume` to write it again") from None
     old = run_dir.selection() if finetuned and out.exists() else None
     if old is not None and [r["id"] for r in old] != [r["id"] for r in rows]:
         raise SelectionError(f"fine-tuning in {run_dir.stage('finetune')} already uses the selection "
