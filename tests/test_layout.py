@@ -1,6 +1,8 @@
 """The house: who may import whom, and which module knows the run directory's names."""
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,13 @@ RUN_DIR_NAMES = re.compile(r"""["'/](config\.yaml|env\.json|state\.json|archive\
 def test_only_rundir_knows_the_run_directory_names():
     knowing = {p.relative_to(ROOT).as_posix() for p in modules("nat2") if RUN_DIR_NAMES.search(p.read_text())}
     assert knowing == {"nat2/app/rundir.py"}
+
+
+def test_no_horovod_anywhere_in_our_code_or_its_imports():
+    """Distributed work is torch.distributed + torchrun. `ofa` imports horovod only inside its
+    DistributedMetric / DistributedTensor methods, which nothing here uses."""
+    ours = [p for folder in ("nat2", "supernets", "predictors", "postprocess", "scripts") for p in modules(folder)]
+    assert not {p.name for p in ours if any(m.split(".")[0] == "horovod" for m in imports(p))}
+    code = "import sys, nat2.app.cli, nat2.search, nat2.rbifa, postprocess; print('horovod' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
