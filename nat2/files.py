@@ -13,6 +13,38 @@ from supernets.checkpoint import atomic_write
 from .space import encoding_key
 
 
+class FileFormatError(ValueError):
+    """A file that a stage reads is damaged: not JSON, or without the fields its reader needs."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = Path(path)
+        super().__init__(f"{path} {problem}")
+
+
+def read_json(path: str | Path, fields: Iterable[str] = ()) -> Any:
+    """The JSON in `path`; a mapping must hold `fields` (FileFormatError naming the file otherwise)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise FileFormatError(path, f"cannot be read ({err.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FileFormatError(path, f"is not valid JSON ({err})") from None
+    require_fields(path, data, fields)
+    return data
+
+
+def require_fields(path: str | Path, record: Any, fields: Iterable[str], where: str = "") -> None:
+    """FileFormatError unless `record` (read from `path`, at `where` in it) is a mapping holding `fields`."""
+    fields = list(fields)
+    if not fields:
+        return
+    if not isinstance(record, dict):
+        raise FileFormatError(path, f"holds {type(record).__name__}{where}; expected a mapping with {', '.join(fields)}")
+    missing = [f for f in fields if f not in record]
+    if missing:
+        raise FileFormatError(path, f"lacks {', '.join(map(repr, missing))}{where}")
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
@@ -41,6 +73,7 @@ def read_jsonl(path: Path) -> dict[tuple[int, ...], dict[str, Any]]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 break
-            raise ValueError(f"{path}: line {i + 1} is not JSON; delete the file to evaluate again") from None
+            raise FileFormatError(path, f"line {i + 1} is not JSON") from None
+        require_fields(path, record, ["encoding"], f" at line {i + 1}")
         records[encoding_key(record["encoding"])] = record
     return records

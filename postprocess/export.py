@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,9 @@ from supernets.aep import as_exits
 from supernets.subnet import Subnet
 
 FILES = ("arch.json", "weights.safetensors", "model.pt2", "model.onnx", "metadata.json")
+# What a reader of metadata.json may count on (the exporter's caller adds more).
+METADATA_FIELDS = ("subnet", "resolution", "exits", "beta", "params", "macs", "accuracy", "dataset", "n_classes",
+                   "input", "outputs")
 
 
 class ExportError(RuntimeError):
@@ -44,15 +48,31 @@ def load_subnet(folder: str | Path) -> Subnet:
         if not (folder / name).is_file():
             raise ExportError(f"{folder / name} does not exist; expected a folder written by `nat2 export` "
                               f"holding {', '.join(FILES)}")
-    model = Subnet(**json.loads((folder / "arch.json").read_text()))
-    model.load_state_dict(load_file(folder / "weights.safetensors"))
+    model = _loaded(folder / "arch.json", lambda path: Subnet(**json.loads(path.read_text())))
+    _loaded(folder / "weights.safetensors", lambda path: model.load_state_dict(load_file(path)))
     return model.eval()
+
+
+def _loaded(path: Path, load: Callable[[Path], Any]) -> Any:
+    """`load(path)`, any failure (each format's library raises its own kinds) as an ExportError naming the file."""
+    try:
+        return load(path)
+    except Exception as err:
+        problem = " ".join(str(err).split())[:300]
+        raise ExportError(f"{path} cannot be loaded ({type(err).__name__}: {problem}); export the subnet again") \
+            from None
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any] | None:
     """The metadata of the export in `folder`, or None when `folder` holds no export."""
     path = Path(folder) / "metadata.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    meta = _loaded(path, lambda p: json.loads(p.read_text()))
+    missing = [key for key in METADATA_FIELDS if not isinstance(meta, dict) or key not in meta]
+    if missing:
+        raise ExportError(f"{path} lacks {', '.join(map(repr, missing))}; export the subnet again")
+    return meta
 
 
 def exit_logits(folder: str | Path, fmt: str = "torch") -> Callable[[torch.Tensor], list[torch.Tensor]]:
@@ -60,11 +80,24 @@ def exit_logits(folder: str | Path, fmt: str = "torch") -> Callable[[torch.Tenso
     rebuilt module), "pt2" (the exported program) or "onnx" (onnxruntime on the CPU)."""
     folder = Path(folder)
     if fmt == "onnx":
-        session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        session = _loaded(folder / "model.onnx",
+                          lambda path: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
         name = session.get_inputs()[0].name
         return lambda x: [torch.from_numpy(z) for z in session.run(None, {name: x.numpy()})]
-    model = load_subnet(folder) if fmt == "torch" else torch.export.load(folder / "model.pt2").module()
+    model = load_subnet(folder) if fmt == "torch" else _loaded(folder / "model.pt2", _program)
     return lambda x: list(as_exits(model(x)))
+
+
+def _program(path: Path) -> nn.Module:
+    """The module of a .pt2 program; torch.export's own traceback of a damaged file is not logged
+    (the ExportError names the file)."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        return torch.export.load(path).module()
+    finally:
+        logger.setLevel(level)
 
 
 def _max_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

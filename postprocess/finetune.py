@@ -184,8 +184,10 @@ class Finetuner:
             x, y = x.to(self.device), y.to(self.device)
             loss = aep_loss(self.model(x), y, self.alpha, o.label_smoothing)
             if not torch.isfinite(loss):
-                raise FinetuneError(f"{self.name}: non-finite loss {loss.item()} in epoch {epoch + 1}; the last good "
-                                    f"checkpoint {self.dir / 'last.pt'} is kept. Lower finetune.lr")
+                last = self.dir / "last.pt"
+                kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+                raise FinetuneError(f"{self.name}: non-finite loss {loss.item()} in epoch {epoch + 1}; {kept}. "
+                                    "Lower finetune.lr")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

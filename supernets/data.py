@@ -101,8 +101,11 @@ class ImageSet(Dataset):
     def _image(self, j: int) -> Image.Image:
         if isinstance(self.images, np.ndarray):
             return Image.fromarray(self.images[j])
-        with Image.open(self.images[j]) as image:
-            return image.convert("RGB")
+        try:
+            with Image.open(self.images[j]) as image:
+                return image.convert("RGB")
+        except OSError as err:
+            raise DatasetError(f"cannot read image {self.images[j]} ({err}); replace or remove it") from None
 
 
 @dataclass(frozen=True)
@@ -287,16 +290,17 @@ class _CIFAR100(_ExistenceCheck, CIFAR100):
 class _CifarInfo(NamedTuple):
     title: str
     dataset: type[CIFAR10]
+    labels: str
     mean: Stats
     std: Stats
     layout: str
 
 
 _CIFAR = {
-    "cifar10": _CifarInfo("CIFAR-10", _CIFAR10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
+    "cifar10": _CifarInfo("CIFAR-10", _CIFAR10, "labels", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616),
                           "expected cifar-10-batches-py/ with data_batch_1..5, test_batch and batches.meta (python "
                           "pickle format of the official cifar-10-python.tar.gz, extracted)"),
-    "cifar100": _CifarInfo("CIFAR-100", _CIFAR100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
+    "cifar100": _CifarInfo("CIFAR-100", _CIFAR100, "fine_labels", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
                            "expected cifar-100-python/ with train, test and meta (python pickle format of the "
                            "official cifar-100-python.tar.gz, extracted)"),
 }
@@ -311,8 +315,14 @@ def _cifar(name: str, root: Path, resolution: int, seed: int) -> _Parts:
         raise DatasetError(f"{info.title} not found at {folder}: missing {', '.join(missing)}; {info.layout}")
     try:
         train, test = info.dataset(str(root), train=True), info.dataset(str(root), train=False)
+        problem = None if len(train.data) == len(train.targets) and len(test.data) == len(test.targets) else \
+            "image and label counts differ"
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
-        raise DatasetError(f"{info.title} at {folder} is malformed ({err!r}); {info.layout}") from err
+        problem = repr(err)
+    if problem is not None:
+        for file in files[:-1]:
+            _check_cifar_batch(folder / file, info)
+        raise DatasetError(f"{info.title} at {folder} is malformed ({problem}); {info.layout}")
     n_classes = len(train.classes)
     train_labels, test_labels = np.asarray(train.targets), np.asarray(test.targets)
     for labels in (train_labels, test_labels):
@@ -321,6 +331,21 @@ def _cifar(name: str, root: Path, resolution: int, seed: int) -> _Parts:
                                f"{info.layout}")
     return _with_holdout((train.data, train_labels), (test.data, test_labels), n_classes, (info.mean, info.std),
                          (_resize_eval, _cifar_train), CIFAR_VAL_FRACTION, resolution, seed)
+
+
+def _check_cifar_batch(path: Path, info: _CifarInfo) -> None:
+    """DatasetError naming `path` if it is not one batch of `info`'s pickle format."""
+    try:
+        with path.open("rb") as f:
+            entry = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise DatasetError(f"{info.title} file {path} is not a CIFAR pickle ({err}); {info.layout}") from None
+    missing = [key for key in ("data", info.labels) if not isinstance(entry, dict) or key not in entry]
+    if missing:
+        raise DatasetError(f"{info.title} file {path} lacks {' and '.join(map(repr, missing))}; {info.layout}")
+    if len(entry["data"]) != len(entry[info.labels]):
+        raise DatasetError(f"{info.title} file {path} holds {len(entry['data'])} images but "
+                           f"{len(entry[info.labels])} labels; {info.layout}")
 
 
 def _tiny_root(root: Path) -> Path:

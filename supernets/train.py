@@ -262,10 +262,11 @@ class PhaseTrainer:
         norm = nn.utils.clip_grad_norm_(self.supernet.parameters(), self.grad_clip or math.inf)
         mean_loss, norm = (float(v) for v in torch.stack([sum(losses) / len(losses), norm.detach()]).tolist())
         if not math.isfinite(norm):
+            last = self.dir / "last.pt"
+            kept = f"the last good checkpoint {last} is kept" if last.exists() else "this phase has no checkpoint yet"
             raise TrainingError(
                 f"phase {self.phase.name!r}: non-finite gradient (norm {norm}, losses {[v.item() for v in losses]} "
-                f"for subnets {[str(a) for a in archs]}); the last good checkpoint {self.dir / 'last.pt'} is kept. "
-                "Lower the phase's lr or set train.grad_clip")
+                f"for subnets {[str(a) for a in archs]}); {kept}. Lower the phase's lr or set train.grad_clip")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return mean_loss
@@ -318,13 +319,14 @@ class PhaseTrainer:
                     self.check_sync(digest)
                 loss_sum, n_steps = all_reduce_sum([loss_sum, n_steps], ctx)
                 row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
-                                       "train_loss": loss_sum / n_steps, "val_top1": "", "val_min_top1": "",
-                                       "val_max_top1": "", "val_full_top1": "", "seconds": 0.0, "val_seconds": 0.0}
+                                       "train_loss": loss_sum / n_steps, "val_top1": "", "val_min_net_top1": "",
+                                       "val_max_net_top1": "", "val_full_top1": "", "seconds": 0.0,
+                                       "val_seconds": 0.0}
                 improved, last = False, epoch + 1 == phase.total_epochs
                 if (epoch + 1) % o.val_every == 0 or last:
                     t_val = time.time()
                     top1 = validate(self.supernet, grid, self.eval_data, o, ctx, phase.aep, self.val_subset)
-                    row.update(val_top1=float(np.mean(top1)), val_min_top1=top1[0], val_max_top1=top1[-1])
+                    row.update(val_top1=float(np.mean(top1)), val_min_net_top1=top1[0], val_max_net_top1=top1[-1])
                     improved = row["val_top1"] > best[0]
                     best = (row["val_top1"], epoch + 1) if improved else best
                     if last and self.val_subset is not None:

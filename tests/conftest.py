@@ -21,3 +21,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """An uninterrupted `nat2 run` of the tiny config (tests copy it before they change anything)."""
+    from nat2.app.cli import main
+    from tiny_run import write_config
+
+    root = tmp_path_factory.mktemp("finished")
+    assert main(["run", str(write_config(root))]) == 0
+    return root / "run"

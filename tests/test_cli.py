@@ -1,5 +1,7 @@
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +28,9 @@ def test_overrides_and_defaults(tmp_path):
     ("data: 3\n", [], r"'data' must be a mapping"),
     ("a: [\n", [], r"not valid YAML"),
     ("- 1\n", [], r"must hold a mapping"),
-    ("", ["sample.n"], r"override 'sample.n' must look like key.sub=value"),
-    ("", ["nope.x=1"], r"unknown config key 'nope'"),
+    ("sample: {n: 2}\n", ["sample.n"], r"override 'sample.n' must look like key.sub=value"),
+    ("sample: {n: 2}\n", ["nope.x=1"], r"unknown config key 'nope'"),
+    ("", [], r"c.yaml is empty; expected at least one section"),
 ])
 def test_bad_configs_raise_a_clear_error(tmp_path, text, overrides, message):
     path = tmp_path / "c.yaml"
@@ -65,7 +68,7 @@ def test_run_rejects_a_bad_value_of_any_section_before_it_starts(tmp_path, capsy
     code = main(["run", str(ROOT / "configs" / "demo.yaml"), "--set", f"run.dir={run}", "--set", cheap,
                  "--set", override])
     err = capsys.readouterr().err
-    assert code == 2 and err.startswith("nat2: error: ") and err.count("\n") == 1
+    assert code == 2 and err.startswith("nat2 run: error: ") and err.count("\n") == 1
     assert (key or "train.eps") in err
     assert not run.exists()
 
@@ -87,10 +90,10 @@ def test_sample_command_prints_costed_subnets(tmp_path, capsys):
                     "supernet: {resolutions: [16], widths: [1.0], early_exits: true}\nsample: {n: 2}\n")
     assert main(["sample", str(path)]) == 0
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line[:1].isdigit()]
-    assert len(lines) == 4  # min, two samples, max
-    assert lines[0].split()[:5] == ["0", "0", "0", "1", "1"]  # min: exit 1, two k3e3 blocks
-    assert "r16 w1 x5" in lines[-1]
+    lines = [line.split() for line in out.splitlines() if line.split()[0] in ("min", "1", "2", "max")]
+    assert [line[0] for line in lines] == ["min", "1", "2", "max"]
+    assert lines[0][1:6] == ["0", "0", "0", "1", "1"]  # min: exit 1, two k3e3 blocks
+    assert "r16 w1 x5" in " ".join(lines[-1])
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
@@ -131,7 +134,7 @@ def test_train_supernet_writes_the_run_directory(trained, capsys):
             assert (run.supernet(width) / phase / "metrics.csv").is_file()
         assert list((run.tensorboard(width) / "exits").glob("events.out.tfevents.*"))
     header, row = (run.supernet(1.2) / "exits" / "metrics.csv").read_text().splitlines()
-    assert header == "epoch,lr,train_loss,val_top1,val_min_top1,val_max_top1,val_full_top1,seconds,val_seconds"
+    assert header == "epoch,lr,train_loss,val_top1,val_min_net_top1,val_max_net_top1,val_full_top1,seconds,val_seconds"
     assert row.startswith("1,")
 
 
@@ -175,3 +178,28 @@ def test_resume_without_a_run_is_an_error(tmp_path, capsys):
     config.write_text(TINY.format(run=tmp_path / "run", schedule="eps", source="null"))
     assert main(["train-supernet", str(config), "--resume"]) == 2
     assert "does not exist; run without --resume" in capsys.readouterr().err
+
+
+def test_help_version_and_flag_errors_answer_without_loading_torch(capsys):
+    probe = "import sys, nat2.app.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and re.fullmatch(r"nat2 \S+\n", capsys.readouterr().out)
+    with pytest.raises(SystemExit) as stop:
+        main(["select", "runs/x", "--wp", "abc"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == ("nat2 select: error: argument --wp: invalid float value: 'abc' "
+                                            "(see `nat2 select --help`)\n")
+
+
+def test_yaml_reads_exponents_as_numbers_and_refuses_repeated_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune: {lr: 5e-2}\nsearch:\n  iterations: 2\n")
+    config = load_config(path, ["export.tolerance=1E-3"])
+    assert config.finetune.lr == 0.05 and config.export.tolerance == 0.001
+    path.write_text("search:\n  iterations: 2\n  iterations: 3\n")
+    with pytest.raises(ConfigError, match=r"c.yaml is not valid YAML at line 3, column 3: key 'iterations' appears "
+                                          "twice"):
+        load_config(path)

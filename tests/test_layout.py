@@ -71,3 +71,10 @@ def test_no_horovod_anywhere_in_our_code_or_its_imports():
     code = "import sys, nat2.app.cli, nat2.search, nat2.rbifa, postprocess; print('horovod' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_the_command_lines_strategies_are_the_librarys():
+    from nat2.app.choices import STRATEGIES
+    from nat2.rbifa.training_free import STRATEGIES as TRAINING_FREE
+
+    assert STRATEGIES == ("nat2", *TRAINING_FREE)

@@ -13,44 +13,9 @@ from nat2.app.rundir import RunDir
 from nat2.search.evaluate import Evaluator
 from postprocess.finetune import Finetuner
 from supernets.train import PhaseTrainer
+from tiny_run import write_config
 
-CONFIG = """\
-data: {{name: synthetic, calibration_size: 16}}
-supernet: {{resolutions: [12, 16], widths: [1.0], early_exits: true}}
-run: {{dir: {run}}}
-train:
-  batch_size: 50
-  val_settings: 2
-  eps:
-    - {{name: full, epochs: 1, lr: 0.05, aep: true}}
-    - {{name: all, kernels: all, expands: all, depths: all, exits: all, epochs: 1, lr: 0.01, subnets_per_step: 2}}
-search:
-  archive_size: 8
-  multiplier: 2
-  iterations: 1
-  candidates: 3
-  population: 12
-  generations: 3
-  knees: 2
-  adapt: {{epochs: 1, subnets_per_step: 2}}
-select: {{method: knee}}
-finetune: {{epochs: 3, patience: 1, batch_size: 50}}
-"""
 EXPORT_FILES = {"arch.json", "weights.safetensors", "model.pt2", "model.onnx", "metadata.json"}
-
-
-def _config(root: Path, name: str = "run") -> Path:
-    path = root / f"{name}.yaml"
-    path.write_text(CONFIG.format(run=root / name))
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """An uninterrupted `nat2 run`."""
-    root = tmp_path_factory.mktemp("pipeline")
-    assert main(["run", str(_config(root))]) == 0
-    return root / "run"
 
 
 def _results(path: Path) -> dict:
@@ -69,11 +34,11 @@ def _results(path: Path) -> dict:
     return out
 
 
-def test_run_writes_every_file_of_the_run_directory(reference, capsys):
-    run = RunDir(reference)
+def test_run_writes_every_file_of_the_run_directory(finished_run, capsys):
+    run = RunDir(finished_run)
     logs = [run.log_file(command) for command in ("train-supernet", "search", "finetune", "export")]
     for path in (run.config_file, run.env_file, *logs, run.search.state, run.search.final, run.search.curves,
-                 run.selection_file):
+                 run.search.front_plot, run.selection_file):
         assert path.is_file(), path
     for phase in ("full", "all"):
         for which in ("last", "best"):
@@ -102,9 +67,9 @@ def test_run_writes_every_file_of_the_run_directory(reference, capsys):
         assert meta["dataset"] == "synthetic" and len(meta["input"]["mean"]) == 3
         assert max(meta["parity"].values()) <= 1e-4
     capsys.readouterr()
-    assert main(["run", str(reference.parent / "run.yaml")]) == 0     # everything done: only the table
+    assert main(["run", str(finished_run.parent / "run.yaml")]) == 0     # everything done: only the table
     out = capsys.readouterr().out
-    assert "resuming" in out and "test top-1" in out and "pareto.png" in out
+    assert "resuming" in out and "test top-1" in out and "front.png" in out
     assert all(name in out for name in exports)
 
 
@@ -113,7 +78,7 @@ class _Kill(Exception):
 
 
 @pytest.mark.parametrize("stage", ["train-supernet", "search", "finetune", "export"])
-def test_run_resumes_after_a_kill_in_each_stage(stage, reference, tmp_path, monkeypatch):
+def test_run_resumes_after_a_kill_in_each_stage(stage, finished_run, tmp_path, monkeypatch):
     target, name, limit = {"train-supernet": (PhaseTrainer, "train_step", 3), "search": (Evaluator, "top1", 20),
                            "finetune": (Finetuner, "_epoch", 4), "export": (export_stage, "export_subnet", 1)}[stage]
     original, calls = getattr(target, name), []
@@ -124,18 +89,18 @@ def test_run_resumes_after_a_kill_in_each_stage(stage, reference, tmp_path, monk
         calls.append(1)
         return original(*args, **kwargs)
     monkeypatch.setattr(target, name, dying)
-    config = _config(tmp_path)
+    config = write_config(tmp_path)
     with pytest.raises(_Kill):
         main(["run", str(config)])
     monkeypatch.setattr(target, name, original)
     assert main(["run", str(config)]) == 0
-    assert _results(tmp_path / "run") == _results(reference)
+    assert _results(tmp_path / "run") == _results(finished_run)
 
 
 @pytest.fixture
-def searched(reference, tmp_path):
-    """A copy of the reference run that has finished its search but not fine-tuning."""
-    original, run = RunDir(reference), RunDir(tmp_path / "run")
+def searched(finished_run, tmp_path):
+    """A copy of the finished run that has finished its search but not fine-tuning."""
+    original, run = RunDir(finished_run), RunDir(tmp_path / "run")
     run.path.mkdir()
     shutil.copy(original.config_file, run.config_file)
     for stage in ("supernet", "search"):
@@ -175,46 +140,45 @@ def test_a_rejected_selection_leaves_the_run_directory_as_it_was(searched, capsy
     for args in (["--wp", "1.5"], ["--wp", "nan"], ["--n", "0"], ["--set", "select.method=best"], []):
         assert main(["select", str(searched), *args]) == 2
         err = capsys.readouterr().err
-        assert err.startswith("nat2: error: ") and err.count("\n") == 1
+        assert err.startswith("nat2 select: error: ") and err.count("\n") == 1
     assert str(run.search.final) in err and "'knee'" in err
     assert {p: p.read_bytes() for p in files} == files
 
 
-def test_the_selection_is_fixed_once_fine_tuning_has_started(reference, capsys):
-    assert main(["select", str(reference), "--method", "front"]) == 2
+def test_the_selection_is_fixed_once_fine_tuning_has_started(finished_run, capsys):
+    assert main(["select", str(finished_run), "--method", "front"]) == 2
     assert "fine-tuning has started" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fmt", ["torch", "pt2", "onnx"])
-def test_evaluate_an_export_reproduces_its_fine_tuning_test_score(reference, fmt, capsys):
-    run = RunDir(reference)
+def test_evaluate_an_export_reproduces_its_fine_tuning_test_score(finished_run, fmt, capsys):
+    run = RunDir(finished_run)
     name = sorted(p.name for p in run.stage("export").iterdir())[-1]
     meta = run.exports()[name]
     capsys.readouterr()
-    assert main(["evaluate", str(reference), "--subnet", name, "--split", "test", "--format", fmt]) == 0
+    assert main(["evaluate", str(finished_run), "--subnet", name, "--split", "test", "--format", fmt]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["top1"] == pytest.approx(meta["accuracy"]["test_top1"], abs=1e-6)
     assert out["images"] == 50 and out["split"] == "test"
 
 
-def test_bad_input_gets_clear_errors(reference, searched, tmp_path, capsys):
+def test_bad_input_gets_clear_errors(finished_run, searched, tmp_path, capsys):
     assert main(["export", str(searched)]) == 2                       # no selection, no fine-tuning
     assert f"{RunDir(searched).selection_file} does not exist" in capsys.readouterr().err
     assert main(["select", str(searched)]) == 0
     assert main(["export", str(searched)]) == 2                       # selected, not fine-tuned
     assert "not fine-tuned yet" in capsys.readouterr().err
-    assert main(["export", str(reference), "--subnet", "subnet_99"]) == 2
+    assert main(["export", str(finished_run), "--subnet", "subnet_99"]) == 2
     assert "no fine-tuned subnet named subnet_99" in capsys.readouterr().err
-    assert main(["evaluate", str(reference), "--subnet", "subnet_99"]) == 2
+    assert main(["evaluate", str(finished_run), "--subnet", "subnet_99"]) == 2
     assert "no exported subnet 'subnet_99'" in capsys.readouterr().err
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(CONFIG.format(run=tmp_path / "bad") + "finetune_typo: {epochs: 3}\n")
+    bad = write_config(tmp_path, "bad", "finetune_typo: {epochs: 3}\n")
     assert main(["run", str(bad)]) == 2
     assert "unknown config key 'finetune_typo'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main(["finetune", str(tmp_path)]) == 2                     # a folder that is no run directory
     assert f"{tmp_path} is a directory without {RunDir(tmp_path).config_file.name}" in capsys.readouterr().err
-    assert main(["run", str(_config(tmp_path, "odd")), "--set", "finetune.optimizer=adam"]) == 2
+    assert main(["run", str(write_config(tmp_path, "odd")), "--set", "finetune.optimizer=adam"]) == 2
     assert "finetune.optimizer" in capsys.readouterr().err
 
 
@@ -239,3 +203,36 @@ def test_search_strategy_rbifa_from_the_command_line(searched, capsys):
     cheap, strong = result["chosen"]
     assert cheap["macs"] <= strong["macs"] and files.front_plot.is_file()
     assert "tf_01" in capsys.readouterr().out
+
+
+def test_a_finished_run_only_prints_its_table(finished_run, tmp_path, capsys, monkeypatch):
+    """Run again, a finished run opens no earlier stage (its supernet checkpoints may even be
+    unreadable), re-exports nothing and removes what a killed export left; its own config.yaml
+    means that run, and the run.dir it records keeps pointing at it."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(finished_run, run.path)
+    for which in ("last", "best"):
+        run.phase_checkpoint(1.0, "all", which).write_bytes(b"damaged")
+    exports = {p: p.read_bytes() for p in run.stage("export").rglob("*") if p.is_file()}
+    stale = run.export(".subnet_00.k1ll3d")
+    stale.mkdir()
+    capsys.readouterr()
+    assert main(["run", str(run.config_file)]) == 0
+    out = capsys.readouterr().out
+    for command in ("train-supernet", "search", "select", "finetune"):
+        assert f"== nat2 {command}: done in" in out
+    assert "test top-1" in out and not stale.exists()
+    assert {p: p.read_bytes() for p in run.stage("export").rglob("*") if p.is_file()} == exports
+    assert RunDir(tmp_path / "run").saved_config()["run"]["dir"] == str(run.path)
+    saved = run.config_file.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["select", "run", "--method", "front"]) == 2   # fine-tuning has started: an error, logged
+    assert run.config_file.read_bytes() == saved             # run.dir stays absolute
+    assert "fine-tuning has started" in run.log_file("select").read_text()
+
+
+def test_evaluate_on_validation_warns_that_step_2_trained_on_it(finished_run, capsys):
+    name = sorted(RunDir(finished_run).exports())[0]
+    capsys.readouterr()
+    assert main(["evaluate", str(finished_run), "--subnet", name]) == 0
+    assert f"step 2 of fine-tuning trained {name} on the validation images" in capsys.readouterr().err

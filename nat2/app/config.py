@@ -8,6 +8,7 @@ what a run directory records in config.yaml.
 from __future__ import annotations
 
 import dataclasses
+import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +23,14 @@ from supernets.settings import check_fields
 from supernets.train import TrainOptions
 
 from ..rbifa import IFASettings, check_wp, parse_wps
-from ..rbifa.training_free import INITS, STRATEGIES as TF_STRATEGIES
+from ..rbifa.training_free import INITS
 from ..search import AdaptSettings, SearchSettings
 from ..space import SearchSpace
+from .choices import METHODS
 
 SCHEDULES = ("eps", "warmup")
 DEVICES = ("auto", "cpu", "cuda")
-METHODS = ("knee", "front", "rbifa")
 VARIANTS = ("single", "aep")
-STRATEGIES = ("nat2", *TF_STRATEGIES)
 
 # Extended Progressive Shrinking (the OFAv2 paper's phases); lr for a batch of 64. The full
 # network trains every exit with the AEP loss (DESC weights by default, the NAT2 paper's choice for
@@ -382,17 +382,50 @@ def defaults_yaml() -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML that reads 5e-2 as a number (YAML 1.1 wants 5.0e-2) and refuses a key written twice
+    (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
+def _yaml(text: str, where: str) -> Any:
+    """The YAML `text` of `where` (a file or an override); ConfigError in one line when malformed."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Defaults updated by the YAML file at `path` and by `key.sub=value` overrides, checked."""
+    """Defaults updated by the YAML file at `path` and by `key.sub=value` overrides, checked. A
+    file that sets nothing is refused: a run of every default is hours of work nobody asked for."""
     data = Config().to_dict()
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a text file; expected YAML (see configs/)") from None
+        loaded = _yaml(text, f"config file {path}")
+        if loaded is None:
+            raise ConfigError(f"config file {path} is empty; expected at least one section, e.g. data: {{name: "
+                              f"digits}} (configs/defaults.yaml lists every key)")
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping; got {type(loaded).__name__}")
         _merge(data, loaded, "")
@@ -400,7 +433,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
-        update: dict[str, Any] = yaml.safe_load(text)
+        update: Any = _yaml(text, f"override {item!r}")
         for part in reversed(key.split(".")):
             update = {part: update}
         _merge(data, update, "")

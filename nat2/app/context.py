@@ -15,7 +15,7 @@ from supernets.checkpoint import check_meta, load_checkpoint
 from supernets.distributed import Dist, init_distributed
 
 from ..space import SearchSpace
-from .config import Config
+from .config import Config, ConfigError
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,9 @@ class Stage(NamedTuple):
 
 def join(config: Config) -> Dist:
     """torchrun's job (if any) on the configured device."""
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device = 'cuda' but torch finds no CUDA device here; expected auto or cpu on "
+                          "this machine")
     return init_distributed(None if config.train.device == "auto" else config.train.device)
 
 
@@ -42,7 +45,12 @@ def open_stage(config: Config, run_dir: RunDir, stage: str, command: str, resume
         torch.distributed.barrier()
     setup_logging(run_dir, command, ctx.is_main)
     torch.manual_seed(config.train.seed)  # fresh supernet weights depend on nothing else
-    return Stage(ctx, config.data.load(), config.supernet.search_space())
+    splits = config.data.load()
+    most = len(splits.train) // ctx.world_size  # supernet training drops the last partial batch
+    if config.train.batch_size > most:
+        raise ConfigError(f"train.batch_size = {config.train.batch_size} on {ctx.world_size} process(es) exceeds the "
+                          f"{len(splits.train)} training images of {config.data.name}; expected at most {most}")
+    return Stage(ctx, splits, config.supernet.search_space())
 
 
 def setup_logging(run_dir: RunDir, command: str, is_main: bool) -> None:

@@ -1,12 +1,13 @@
 """`nat2 run`: the whole pipeline, supernet training -> search -> selection -> fine-tuning ->
 export, in one run directory. A stage that already holds results is resumed (finished work is
-skipped), so running the same command again after a kill continues where it stopped.
+skipped), and a stage followed by one that holds results is done and not opened again, so
+running the same command again after a kill continues where it stopped, and after the end only
+prints the table.
 """
 from __future__ import annotations
 
 import torch.distributed
 
-from ..search import iterations_done
 from .config import Config
 from .context import join
 from .rundir import RunDir
@@ -23,13 +24,15 @@ def run(config: Config, run_dir: RunDir) -> None:
         ("search", "search", lambda resume: search.run(config, run_dir, resume), True),
         ("select", "select", lambda resume: select.run(config, run_dir), False),
         ("finetune", "finetune", lambda resume: finetune.run(config, run_dir, resume), True),
-        ("export", "export", lambda resume: export.run(config, run_dir), False),
+        ("export", "export", lambda resume: export.run(config, run_dir, export.pending(config, run_dir)), False),
     )
-    for stage, command, start, every_rank in stages:
+    for i, (stage, command, start, every_rank) in enumerate(stages):
         resume = run_dir.has_results(stage)
+        done = any(run_dir.has_results(later[0]) for later in stages[i + 1:])
         if ctx.is_main:
-            print(f"== nat2 {command}: {'resuming' if resume else 'starting'} in {run_dir.stage(stage)}", flush=True)
-        if every_rank or ctx.is_main:
+            state = "done" if done else "resuming" if resume else "starting"
+            print(f"== nat2 {command}: {state} in {run_dir.stage(stage)}", flush=True)
+        if not done and (every_rank or ctx.is_main):
             start(resume)
         if ctx.enabled:
             torch.distributed.barrier()
@@ -44,5 +47,5 @@ def summary(run_dir: RunDir) -> str:
     lines = [table([("subnet", "<16"), ("exits", "<10"), ("test top-1", ">10.2f"), ("params (M)", ">10.3f"),
                     ("MACs (M)", ">9.2f"), ("architecture", "")], rows)]
     lines.append(f"exported models: {run_dir.stage('export')}")
-    lines.append(f"Pareto front: {run_dir.search.pareto(iterations_done(run_dir.search))}")
+    lines.append(f"Pareto front and knees: {run_dir.search.front_plot}")
     return "\n".join(lines)

@@ -3,7 +3,7 @@ that knows its folder and file names:
 
     runs/<name>/config.yaml  env.json                   the resolved config; versions, git SHA, devices
     supernet/w<width>/<phase>/{last,best}.pt ...         supernet training, one folder per width and phase
-    search/state.json  search/iter_<k>/...  search/{curves.png,final.json,final_test.jsonl}
+    search/state.json  search/iter_<k>/...  search/{curves.png,final.json,front.png,final_test.jsonl}
     search/adapt/w<width>/                               the adaptation checkpoint
     tfsearch/{metrics.jsonl,state_*.json,result.json,front.png,warm_start.json}
     select/selected.json                                 the subnets that go on
@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +29,7 @@ import yaml
 
 from postprocess import read_metadata
 
-from ..files import write_json, write_text
+from ..files import FileFormatError, read_json, require_fields, write_json, write_text
 from .config import Config, ConfigError
 
 # Keys that may change between a run and its resume: they do not change the results.
@@ -36,6 +38,16 @@ PACKAGES = ("torch", "torchvision", "timm", "ofa", "pymoo", "lightgbm", "catboos
 # Stage -> its folder; a stage "has results" when its folder is not empty.
 STAGE_FOLDERS = {"supernet": "supernet", "search": "search", "tfsearch": "tfsearch", "select": "select",
                  "finetune": "finetune", "export": "final"}
+
+
+# Stage -> the command (and flags) that writes its files again.
+RECOVERY = {"supernet": ("train-supernet", " --resume"), "search": ("search", " --resume"),
+            "tfsearch": ("search", " --resume --strategy <its strategy>"), "select": ("select", ""),
+            "finetune": ("finetune", " --resume"), "export": ("export", "")}
+# What later stages read from the selection's rows and from a fine-tuning result.
+SELECTED_FIELDS = ("id", "encoding", "val_top1")
+RESULT_FIELDS = ("id", "variant", "kept_exits", "kept_beta", "val_top1_before", "val_top1_step1", "best_epoch",
+                 "step1_epochs", "test_top1", "params", "macs", "search_val_top1")
 
 
 class RunDirError(ValueError):
@@ -55,7 +67,8 @@ class SearchFolder:
     """The NAT2 search's files (`nat2.search.SearchFiles`)."""
 
     path: Path
-    state, curves, final, final_test = map(_file, ("state.json", "curves.png", "final.json", "final_test.jsonl"))
+    state, curves, final, front_plot, final_test = map(_file, ("state.json", "curves.png", "final.json", "front.png",
+                                                               "final_test.jsonl"))
 
     def iteration(self, k: int) -> Path:
         return self.path / f"iter_{k}"
@@ -103,6 +116,25 @@ class RunDir:
 
     def log_file(self, command: str) -> Path:
         return self.path / "logs" / f"{command}.log"
+
+    def log_error(self, command: str, message: str) -> None:
+        """Append an error to the command's log, when this is a run directory."""
+        if self.config_file.is_file():
+            path = self.log_file(command)
+            path.parent.mkdir(exist_ok=True)
+            with path.open("a") as f:
+                f.write(f"{time.strftime('%H:%M:%S')} ERROR {message}\n")
+
+    def is_run_config(self, path: Path) -> bool:
+        """Whether `path` is the config.yaml of this run directory (passing it means this run)."""
+        return path == self.config_file and self.env_file.is_file()
+
+    def recovery(self, path: Path) -> str:
+        """How to recover from a damaged file of this run directory: run the stage that writes it."""
+        for stage, (command, flags) in RECOVERY.items():
+            if self.stage(stage) in path.parents:
+                return f"restore it, or delete it and run `nat2 {command} {self.path}{flags}` to write it again"
+        return "restore it from a copy"
 
     def tensorboard(self, width: float) -> Path:
         return self.path / "logs" / "tensorboard" / _width(width)
@@ -176,7 +208,12 @@ class RunDir:
         """The selected subnets (rows of the search's final front)."""
         if not self.selection_file.is_file():
             raise RunDirError(f"{self.selection_file} does not exist; run `nat2 select` first")
-        return json.loads(self.selection_file.read_text())["subnets"]
+        rows = read_json(self.selection_file, ["method", "wp", "subnets"])["subnets"]
+        if not isinstance(rows, list) or not rows:
+            raise FileFormatError(self.selection_file, f"holds subnets = {rows!r}; expected a non-empty list")
+        for i, row in enumerate(rows):
+            require_fields(self.selection_file, row, SELECTED_FIELDS, f" in subnet {i + 1}")
+        return rows
 
     def finetune_job(self, subnet: str, variant: str) -> Path:
         return self.stage("finetune") / subnet / variant
@@ -193,10 +230,18 @@ class RunDir:
     def result(self, subnet: str, variant: str) -> dict[str, Any] | None:
         """The figures of a finished fine-tuning job, or None while it is not finished."""
         path = self.result_file(subnet, variant)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, RESULT_FIELDS) if path.is_file() else None
 
     def export(self, name: str) -> Path:
         return self.stage("export") / name
+
+    def remove_partial_exports(self) -> list[Path]:
+        """Delete the temporary folders (`.<name>.<random>`) of exports killed half-way; returns them."""
+        folder = self.stage("export")
+        stale = sorted(p for p in folder.glob(".*") if p.is_dir()) if folder.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path)
+        return stale
 
     def exports(self) -> dict[str, dict[str, Any]]:
         """The metadata of every export, by export name (sorted)."""

@@ -26,7 +26,7 @@ from supernets.settings import check_fields
 from .archive import Archive, ArchiveError, Record, check_objectives, hypervolume, initial_archive, reference_point
 from .candidates import choose_candidates, generate
 from .evaluate import Evaluator
-from ..files import write_json
+from ..files import FileFormatError, read_json, require_fields, write_json
 from .plots import curves_plot, pareto_plot
 from ..space import SearchSpace
 
@@ -41,6 +41,8 @@ class SearchFiles(Protocol):
     @property
     def curves(self) -> Path: ...
     @property
+    def front_plot(self) -> Path: ...
+    @property
     def final(self) -> Path: ...
     @property
     def final_test(self) -> Path: ...
@@ -50,14 +52,31 @@ class SearchFiles(Protocol):
     def evaluations(self, k: int, kind: str) -> Path: ...
 
 
+FRONT_FIELDS = ("id", "encoding", "arch", "val_top1", "test_top1", "params", "macs", "knee")
+
+
+def read_state(files: SearchFiles) -> dict[str, Any]:
+    """The search's state file (written after each iteration), checked."""
+    state = read_json(files.state, ["iterations_done", "objectives", "reference_point", "ideal"])
+    done = state["iterations_done"]
+    if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+        raise FileFormatError(files.state, f"holds iterations_done = {done!r}; expected an integer >= 0")
+    return state
+
+
 def iterations_done(files: SearchFiles) -> int:
-    """The last finished iteration of the search in `files` (its state file, written after each)."""
-    return int(json.loads(files.state.read_text())["iterations_done"])
+    """The last finished iteration of the search in `files`."""
+    return read_state(files)["iterations_done"]
 
 
 def read_front(files: SearchFiles) -> list[dict[str, Any]]:
     """The rows `Search.final` wrote: id, encoding, arch, val / test top-1, costs, knee."""
-    return json.loads(files.final.read_text())
+    rows = read_json(files.final)
+    if not isinstance(rows, list) or not rows:
+        raise FileFormatError(files.final, f"holds {type(rows).__name__}; expected a non-empty list of subnets")
+    for i, row in enumerate(rows):
+        require_fields(files.final, row, FRONT_FIELDS, f" in row {i + 1}")
+    return rows
 
 
 @dataclass(frozen=True)
@@ -159,7 +178,7 @@ class Search:
             pareto_plot(self.files.pareto(k), archive.records, archive.front(), candidates, cost,
                         f"iteration {k}: hypervolume {stats['hypervolume']:.4f}")
             archive.save(self.files.archive(k))  # last: its presence marks the iteration done
-            curves_plot(self.files.curves, [json.loads(self.files.stats(i).read_text()) for i in range(k + 1)])
+            curves_plot(self.files.curves, [read_json(self.files.stats(i)) for i in range(k + 1)])
             self.state["iterations_done"] = k
             write_json(self.files.state, self.state)
         log.info("iteration %d: hypervolume %.4f, front %d, predictor %s", k, stats["hypervolume"],
@@ -226,9 +245,9 @@ class Search:
         """All iterations (skipping finished ones), then the final report."""
         state_path = self.files.state
         if state_path.exists() and self.files.archive(0).exists():
-            self.state = json.loads(state_path.read_text())
-            if self.state.get("objectives") != list(self.objectives):
-                raise ValueError(f"{state_path}: the search ran with objectives {self.state.get('objectives')}, "
+            self.state = read_state(self.files)
+            if self.state["objectives"] != list(self.objectives):
+                raise ArchiveError(f"{state_path}: the search ran with objectives {self.state.get('objectives')}, "
                                  f"not {list(self.objectives)}; start a new run directory")
         archive = self.initial()
         for k in range(1, self.settings.iterations + 1):
@@ -263,4 +282,8 @@ class Search:
                  "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
         if self.is_main:
             write_json(self.files.final, rows)
+            cost = next((o for o in self.objectives if o != "acc"), "macs")
+            pareto_plot(self.files.front_plot, archive.records, archive.front(), [], cost,
+                        f"final front after {self.settings.iterations} iterations, knees starred",
+                        knees=[r for r in rows if r["knee"]])
         return rows

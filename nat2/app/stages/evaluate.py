@@ -3,6 +3,7 @@ PyTorch, the .pt2 program or onnxruntime."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -12,11 +13,9 @@ from postprocess.finetune import at_resolution
 from supernets.aep import ensemble_logits
 from supernets.data import make_loader
 
+from ..choices import FORMATS, SPLITS
 from ..config import Config
 from ..rundir import RunDir
-
-FORMATS = ("torch", "pt2", "onnx")
-SPLITS = ("val", "test")
 
 
 def exported(run_dir: RunDir, subnet: str) -> tuple[Path, dict]:
@@ -37,10 +36,16 @@ def run(config: Config, run_dir: RunDir, subnet: str, split: str = "val", fmt: s
         raise ExportError(f"--format {fmt} --split {split}; expected one of {FORMATS} and {SPLITS}")
     folder, meta = exported(run_dir, subnet)
     data = config.data
+    if meta["dataset"] != data.name:
+        raise ExportError(f"{folder} was trained on {meta['dataset']}, but the config's data.name is {data.name}; "
+                          f"expected data.name = {meta['dataset']} (with its data.root)")
     splits = data.load()
     if splits.n_classes != meta["n_classes"]:
         raise ExportError(f"{folder} classifies {meta['n_classes']} classes but {data.name} has {splits.n_classes}")
     logits = exit_logits(folder, fmt)
+    if split == "val" and meta.get("finetune", {}).get("best_epoch"):
+        print(f"nat2 evaluate: warning: step 2 of fine-tuning trained {meta['subnet']} on the validation images; "
+              "its val top-1 is optimistic (use --split test for the final figure)", file=sys.stderr)
     dataset = at_resolution(getattr(splits, split), meta["resolution"])
     correct = total = 0
     for x, y in make_loader(dataset, config.train.eval_batch_size, shuffle=False):

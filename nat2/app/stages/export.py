@@ -14,11 +14,22 @@ from ..rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -> None:
-    """Export every fine-tuned subnet, or those in `subnets`."""
+def _jobs(config: Config, run_dir: RunDir) -> dict[str, tuple[dict, str]]:
+    """Export name -> (selected row, variant) of every fine-tuning job."""
     space = config.supernet.search_space()
-    names = {export_name(row, v): (row, v) for row, v in finetune_jobs(config, run_dir.selection(), space)}
-    wanted = list(subnets or names)
+    return {export_name(row, v): (row, v) for row, v in finetune_jobs(config, run_dir.selection(), space)}
+
+
+def pending(config: Config, run_dir: RunDir) -> list[str]:
+    """The fine-tuning jobs that have no export yet."""
+    done = run_dir.exports()
+    return [name for name in _jobs(config, run_dir) if name not in done]
+
+
+def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -> None:
+    """Export every fine-tuned subnet, or those in `subnets`; removes what exports killed half-way left."""
+    names = _jobs(config, run_dir)
+    wanted = list(names) if subnets is None else list(subnets)
     unknown = [n for n in wanted if n not in names]
     if unknown:
         raise ExportError(f"no fine-tuned subnet named {', '.join(unknown)} in {run_dir.path}; expected one of "
@@ -29,6 +40,8 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
                           "`nat2 finetune` to finish them first")
     run_dir.prepare(config, "export", resume=run_dir.stage("export").exists())
     setup_logging(run_dir, "export", True)
+    for path in run_dir.remove_partial_exports():
+        log.info("removed %s, left by an export that was stopped half-way", path)
     data = config.data
     splits = data.load()
     for name in wanted:

@@ -26,11 +26,13 @@ def run(config: Config) -> None:
           f"{len(splits.test)} test images; variant "
           + "".join(k[0].upper() for k in ("dense", "parallel") if getattr(sn, k)) + ("EE" if sn.early_exits else ""))
     rows = []
-    progress = tqdm(list(zip(x, params, macs)), desc="extract + BN recalibration", disable=not sys.stderr.isatty())
-    for enc, p, m in progress:
+    labels = ["min", *map(str, range(1, config.sample.n + 1)), "max"]
+    progress = tqdm(list(zip(labels, x, params, macs)), desc="extract + BN recalibration",
+                    disable=not sys.stderr.isatty())
+    for label, enc, p, m in progress:
         arch = space.decode(enc)
         subnet = supernets[arch.width].extract(arch).eval()
         splits.calibration.resolution = arch.resolution
         recalibrate_bn(subnet, make_loader(splits.calibration, config.sample.batch_size, shuffle=False))
-        rows.append((" ".join(map(str, enc)), p / 1e6, m / 1e6, str(arch)))
-    print(table([("encoding", "<70"), ("params (M)", ">10.3f"), ("MACs (M)", ">9.2f"), ("architecture", "")], rows))
+        rows.append((label, " ".join(map(str, enc)), p / 1e6, m / 1e6, str(arch)))
+    print(table([("subnet", "<6"), ("encoding", "<70"), ("params (M)", ">10.3f"), ("MACs (M)", ">9.2f"), ("architecture", "")], rows))

@@ -10,9 +10,9 @@ with another method.
 """
 from __future__ import annotations
 
-import json
+import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...rbifa import rb_scores, rb_select
 from ...search import Archive, iterations_done, read_front
@@ -23,30 +23,29 @@ from ..rundir import RunDir, config_differences
 from ..tables import table
 
 
+log = logging.getLogger(__name__)
+
+
 class SelectionError(ValueError):
     """The search results needed for a selection are missing, or the selection is empty."""
 
 
-def _read(path: Path, read: Callable[[], Any], needs: str) -> Any:
+def _exists(path: Path, needs: str) -> None:
     if not path.is_file():
         raise SelectionError(f"{path} does not exist; {needs}")
-    try:
-        return read()
-    except json.JSONDecodeError as err:
-        raise SelectionError(f"{path} is not valid JSON ({err}); {needs}") from None
 
 
 def final_archive(run_dir: RunDir) -> Archive:
     """The archive after the search's last finished iteration."""
     files = run_dir.search
-    k = _read(files.state, lambda: iterations_done(files), "run `nat2 search` first")
-    return Archive.load(files.archive(k))
+    _exists(files.state, "run `nat2 search` first")
+    return Archive.load(files.archive(iterations_done(files)))
 
 
 def select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, Any]]:
     """The chosen subnets as rows of the search's final front (id, encoding, arch, accuracies, costs)."""
-    front = _read(run_dir.search.final, lambda: read_front(run_dir.search),
-                  "the search has not finished: run `nat2 search` first")
+    _exists(run_dir.search.final, "the search has not finished: run `nat2 search` first")
+    front = read_front(run_dir.search)
     if method == "knee":
         rows = [r for r in front if r["knee"]]
     elif method == "front":
@@ -80,12 +79,7 @@ def run(config: Config, run_dir: RunDir) -> None:
         raise ConfigError(f"the config differs from {run_dir.config_file} at {', '.join(diff)}"
                           + ("; fine-tuning has started, so the selection is fixed" if finetuned else ""))
     s, out = config.select, run_dir.selection_file
-    try:                                                  # reads only: a failure leaves everything as it was
-        rows = select(run_dir, s.method, s.wp, s.n)
-    except (KeyError, TypeError) as err:
-        raise SelectionError(f"{run_dir.search.final} or the last archive of {run_dir.stage('search')} is damaged "
-                             f"(a record lacks {err}); delete {run_dir.search.final.name} and run `nat2 search "
-                             f"{run_dir.path} --resume` to write it again") from None
+    rows = select(run_dir, s.method, s.wp, s.n)           # reads only: a failure leaves everything as it was
     old = run_dir.selection() if finetuned and out.exists() else None
     if old is not None and [r["id"] for r in old] != [r["id"] for r in rows]:
         raise SelectionError(f"fine-tuning in {run_dir.stage('finetune')} already uses the selection "
@@ -95,6 +89,6 @@ def run(config: Config, run_dir: RunDir) -> None:
     run_dir.prepare(config, "select", resume=finetuned)
     setup_logging(run_dir, "select", True)
     run_dir.write_selection(s.method, s.wp, rows)
+    log.info("selection (%s): %s in %s", s.method, ", ".join(r["id"] for r in rows), out)
     print(table([("subnet", "<12"), ("val top-1", ">9.2f"), ("params (M)", ">10.3f"), ("MACs (M)", ">9.2f")],
                 [(r["id"], r["val_top1"], r["params"] / 1e6, r["macs"] / 1e6) for r in rows]))
-    print(f"selection ({s.method}): {out}")
