@@ -296,3 +296,16 @@ def test_bad_input_ends_in_one_clear_line_and_loses_nothing(name, finished_run, 
             assert after[path].startswith(data), path
         elif path.name != "env.json":    # the environment of the latest command
             assert after.get(path) == data, path
+
+
+def test_the_recovery_a_message_names_writes_the_file_again(finished_run, tmp_path, capsys):
+    """For a damaged search state or front: delete it and resume the search, as the message says."""
+    run = _copy(finished_run, tmp_path / "run")
+    originals = {path: json.loads(path.read_text()) for path in (run.search.state, run.search.final)}
+    run.search.state.write_text(NOT_JSON)
+    assert main(["search", str(run.path), "--resume"]) == 2
+    assert f"delete it and run `nat2 search {run.path} --resume`" in capsys.readouterr().err
+    for path in originals:
+        path.unlink()
+    assert main(["search", str(run.path), "--resume"]) == 0
+    assert {path: json.loads(path.read_text()) for path in originals} == originals

@@ -50,13 +50,11 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nat2", description=__doc__.split("\n\n")[0],
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = _Parser(prog="nat2", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, _, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("config", metavar="CONFIG_OR_RUN_DIR",
                          help="YAML config (see configs/), or a run directory (its config.yaml is used)")
         sub.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -66,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="continue the stage from what the run directory holds")
         if name == "search":
             sub.add_argument("--strategy", choices=STRATEGIES, default="nat2",
-                             help="nat2, or a training-free rbifa / pfifa search")
+                             help="nat2, or a training-free rbifa / pfifa search (default: %(default)s)")
             sub.add_argument("--wp", type=float, nargs="+", metavar="WP",
                              help="RB-IFA performance weights in [0, 1] (a list gives a pseudo-Pareto front; "
                                   "default: rbifa.wp)")
@@ -81,9 +79,9 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--subnet", required=True, metavar="NAME_OR_FOLDER",
                              help="the name of an export of the run directory, or an export folder")
             sub.add_argument("--split", choices=SPLITS, default="val",
-                             help="validation (carved from the training set) or the test set")
+                             help="validation (carved from the training set) or the test set (default: %(default)s)")
             sub.add_argument("--format", choices=FORMATS, default="torch",
-                             help="the rebuilt PyTorch module, the .pt2 program or onnxruntime")
+                             help="the rebuilt PyTorch module, the .pt2 program or onnxruntime (default: %(default)s)")
     return parser
 
 

@@ -188,20 +188,27 @@ class Search:
         """Iteration 0: sample multiplier x size architectures, evaluate, keep the best by survival."""
         path = self.files.archive(0)
         if path.exists():
-            return Archive.load(path, self.space)
+            archive = Archive.load(path, self.space)
+            if not self.state:                      # state.json was deleted: it follows from archive 0
+                self._start_state(archive)
+            return archive
         t0 = time.time()
         s = self.settings
         archive = initial_archive(
             self.space, lambda X: self.evaluator.evaluate(X, 0, self.files.evaluations(0, "evaluated"),
                                                           "initial archive"),
             s.archive_size, s.multiplier, self.objectives, s.seed, warm_start_encodings(s.warm_start))
-        ref, ideal = reference_point(archive.F)
-        self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
-                          seed=s.seed, iterations_done=0)
+        self._start_state(archive)
         if self.is_main:
             write_json(self.files.state, self.state)
         self._finish_iteration(0, archive, [], {"seconds": {"total": time.time() - t0}, "predictor": None})
         return archive
+
+    def _start_state(self, archive: Archive) -> None:
+        """The state after iteration 0: the hypervolume's fixed box comes from the initial archive."""
+        ref, ideal = reference_point(archive.F)
+        self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
+                          seed=self.settings.seed, iterations_done=0)
 
     def iteration(self, k: int, archive: Archive) -> Archive:
         """One NAT2 iteration k (1-based): fit the predictor, generate and evaluate candidates, survive,
@@ -252,7 +259,13 @@ class Search:
         archive = self.initial()
         for k in range(1, self.settings.iterations + 1):
             path = self.files.archive(k)
-            archive = Archive.load(path, self.space) if path.exists() else self.iteration(k, archive)
+            if path.exists():
+                archive = Archive.load(path, self.space)
+                self.state["iterations_done"] = k
+            else:
+                archive = self.iteration(k, archive)
+        if self.is_main:
+            write_json(self.files.state, self.state)
         return self.final(archive)
 
     def knees(self, front: Sequence[Record]) -> list[int]:
