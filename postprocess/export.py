@@ -33,8 +33,8 @@ from supernets.subnet import Subnet
 
 FILES = ("arch.json", "weights.safetensors", "model.pt2", "model.onnx", "metadata.json")
 # What a reader of metadata.json may count on (the exporter's caller adds more).
-METADATA_FIELDS = ("subnet", "resolution", "exits", "beta", "params", "macs", "accuracy", "dataset", "n_classes",
-                   "input", "outputs")
+METADATA_FIELDS = ("subnet", "arch", "resolution", "exits", "beta", "params", "macs", "accuracy", "dataset",
+                   "n_classes", "input", "outputs")
 
 
 class ExportError(RuntimeError):

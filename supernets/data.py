@@ -317,7 +317,8 @@ def _cifar(name: str, root: Path, resolution: int, seed: int) -> _Parts:
         train, test = info.dataset(str(root), train=True), info.dataset(str(root), train=False)
         problem = None if len(train.data) == len(train.targets) and len(test.data) == len(test.targets) else \
             "image and label counts differ"
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as err:
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, ImportError,
+            IndexError) as err:
         problem = repr(err)
     if problem is not None:
         for file in files[:-1]:

@@ -198,18 +198,17 @@ CASES = {
                              _write(lambda r: r.search.archive(1), NOT_JSON)),
     "archive-without-records": Case(("search", RUN, "--resume"), ("archive.json", "nat2-archive"),
                                     _edit_json(lambda r: r.search.archive(1), lambda d: {})),
-    "evaluation-cache-torn": Case(("search", RUN, "--resume"), ("candidates.jsonl", "line 1"),
+    "evaluation-cache-torn": Case(("search", RUN, "--resume"), ("candidates.jsonl", "line 1", "iter_1 and the later"),
                                   lambda r, t: (r.search.archive(1).unlink(),
                                                 r.search.evaluations(1, "candidates").write_text(
                                                     "{torn\n" + r.search.evaluations(1, "candidates").read_text()))),
     "final-not-json": Case(("select", RUN), ("final.json",), _without("finetune", "export", "select",
                                                                       then=_write(FINAL, NOT_JSON))),
-    "final-a-mapping": Case(("select", RUN), ("final.json",), _without("finetune", "export", "select",
-                                                                       then=_write(FINAL, "{}"))),
+    "final-a-mapping": Case(("select", RUN), ("final.json", "expected a non-empty list"),
+                            _without("finetune", "export", "select", then=_write(FINAL, "{}"))),
     "final-row-without-knee": Case(("select", RUN), ("final.json", "'knee'"),
-                                   _without("finetune", "export", "select",
-                                            then=_edit_json(FINAL, lambda d: [{k: v for k, v in row.items() if k != "knee"}
-                                                                  for row in d]))),
+                                   _without("finetune", "export", "select", then=_edit_json(
+                                       FINAL, lambda d: [{k: v for k, v in row.items() if k != "knee"} for row in d]))),
     "selection-not-json": Case(("finetune", RUN, "--resume"), ("selected.json",), _write(SELECTED, NOT_JSON)),
     "selection-without-subnets": Case(("finetune", RUN, "--resume"), ("selected.json", "subnets"),
                                       _edit_json(SELECTED, lambda d: {"method": d["method"]})),

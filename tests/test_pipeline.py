@@ -214,8 +214,9 @@ def test_a_finished_run_only_prints_its_table(finished_run, tmp_path, capsys, mo
     for which in ("last", "best"):
         run.phase_checkpoint(1.0, "all", which).write_bytes(b"damaged")
     exports = {p: p.read_bytes() for p in run.stage("export").rglob("*") if p.is_file()}
-    stale = run.export(".subnet_00.k1ll3d")
+    stale = run.export(".subnet_00.k1ll3d_x")             # killed while writing its metadata.json
     stale.mkdir()
+    (stale / "metadata.json").write_text('{"subnet": "subn')
     capsys.readouterr()
     assert main(["run", str(run.config_file)]) == 0
     out = capsys.readouterr().out

@@ -17,7 +17,8 @@ from .choices import FORMATS, METHODS, SPLITS, STRATEGIES
 
 # command -> (the module that runs it, how it is called, help)
 COMMANDS: dict[str, tuple[str, Callable[[Any, Any, Any, argparse.Namespace], None], str]] = {
-    "sample": ("stages.sample", lambda m, c, r, a: m.run(c), "sample subnets from fresh supernets and print their costs"),
+    "sample": ("stages.sample", lambda m, c, r, a: m.run(c),
+               "sample subnets from fresh supernets and print their costs"),
     "train-supernet": ("stages.train_supernet", lambda m, c, r, a: m.run(c, r, a.resume),
                        "train the supernets (EPS or the NAT2 warm-up); resumable"),
     "search": ("stages.search", lambda m, c, r, a: m.run(c, r, a.resume, a.strategy, a.wp),

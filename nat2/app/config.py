@@ -12,6 +12,7 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Hashable
 from typing import Any, ClassVar
 
 import yaml
@@ -389,7 +390,11 @@ class _Loader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":    # `<<: *base` may be overridden, by design
+                continue
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue                                    # the base class reports an unhashable key
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
             seen.add(key)
@@ -410,6 +415,15 @@ def _yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML in the file `path` (ConfigError in one line when it is not text or not YAML)."""
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file; expected YAML (see configs/)") from None
+    return _yaml(text, f"config file {path}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     """Defaults updated by the YAML file at `path` and by `key.sub=value` overrides, checked. A
     file that sets nothing is refused: a run of every default is hours of work nobody asked for."""
@@ -418,12 +432,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path} is not a text file; expected YAML (see configs/)") from None
-        loaded = _yaml(text, f"config file {path}")
-        if loaded is None:
+        loaded = read_yaml(path)
+        if loaded is None or loaded == {}:
             raise ConfigError(f"config file {path} is empty; expected at least one section, e.g. data: {{name: "
                               f"digits}} (configs/defaults.yaml lists every key)")
         if not isinstance(loaded, dict):

@@ -40,16 +40,16 @@ def open_stage(config: Config, run_dir: RunDir, stage: str, command: str, resume
     record config and environment (rank 0), set up logging, seed torch with train.seed, load the
     data splits."""
     ctx = join(config)
+    splits = config.data.load()
+    most = len(splits.train) // ctx.world_size  # supernet training and adaptation drop the last partial batch
+    if stage in ("supernet", "search") and config.train.batch_size > most:
+        raise ConfigError(f"train.batch_size = {config.train.batch_size} on {ctx.world_size} process(es) exceeds the "
+                          f"{len(splits.train)} training images of {config.data.name}; expected at most {most}")
     run_dir.prepare(config, stage, resume, write=ctx.is_main)
     if ctx.enabled:
         torch.distributed.barrier()
     setup_logging(run_dir, command, ctx.is_main)
     torch.manual_seed(config.train.seed)  # fresh supernet weights depend on nothing else
-    splits = config.data.load()
-    most = len(splits.train) // ctx.world_size  # supernet training drops the last partial batch
-    if config.train.batch_size > most:
-        raise ConfigError(f"train.batch_size = {config.train.batch_size} on {ctx.world_size} process(es) exceeds the "
-                          f"{len(splits.train)} training images of {config.data.name}; expected at most {most}")
     return Stage(ctx, splits, config.supernet.search_space())
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import yaml
 from postprocess import read_metadata
 
 from ..files import FileFormatError, read_json, require_fields, write_json, write_text
-from .config import Config, ConfigError
+from .config import Config, ConfigError, read_yaml
 
 # Keys that may change between a run and its resume: they do not change the results.
 RUNTIME_KEYS = {("train", "num_workers"), ("train", "device"), ("train", "eval_batch_size")}
@@ -41,9 +42,8 @@ STAGE_FOLDERS = {"supernet": "supernet", "search": "search", "tfsearch": "tfsear
 
 
 # Stage -> the command (and flags) that writes its files again.
-RECOVERY = {"supernet": ("train-supernet", " --resume"), "search": ("search", " --resume"),
-            "tfsearch": ("search", " --resume --strategy <its strategy>"), "select": ("select", ""),
-            "finetune": ("finetune", " --resume"), "export": ("export", "")}
+RECOVERY = {"search": ("search", " --resume"), "tfsearch": ("search", " --resume --strategy <its strategy>"),
+            "select": ("select", ""), "finetune": ("finetune", " --resume")}
 # What later stages read from the selection's rows and from a fine-tuning result.
 SELECTED_FIELDS = ("id", "encoding", "val_top1")
 RESULT_FIELDS = ("id", "variant", "kept_exits", "kept_beta", "val_top1_before", "val_top1_step1", "best_epoch",
@@ -130,7 +130,11 @@ class RunDir:
         return path == self.config_file and self.env_file.is_file()
 
     def recovery(self, path: Path) -> str:
-        """How to recover from a damaged file of this run directory: run the stage that writes it."""
+        """How to recover from a damaged file of this run directory: run the stage that writes it
+        (for a file of a search iteration, that iteration and the ones after it)."""
+        if path.parent.parent == self.stage("search") and path.parent.name.startswith("iter_"):
+            return (f"restore it, or delete {path.parent} and the later iterations, then run `nat2 search "
+                    f"{self.path} --resume` to run them again")
         for stage, (command, flags) in RECOVERY.items():
             if self.stage(stage) in path.parents:
                 return f"restore it, or delete it and run `nat2 {command} {self.path}{flags}` to write it again"
@@ -141,7 +145,7 @@ class RunDir:
 
     def saved_config(self) -> dict[str, Any] | None:
         """The config recorded by the last stage that ran here (a plain mapping), if any."""
-        return yaml.safe_load(self.config_file.read_text()) if self.config_file.is_file() else None
+        return read_yaml(self.config_file) if self.config_file.is_file() else None
 
     def stage(self, name: str) -> Path:
         """The folder of stage `name` (a key of STAGE_FOLDERS)."""
@@ -236,9 +240,10 @@ class RunDir:
         return self.stage("export") / name
 
     def remove_partial_exports(self) -> list[Path]:
-        """Delete the temporary folders (`.<name>.<random>`) of exports killed half-way; returns them."""
+        """Delete the temporary folders (`.<name>.<8 random characters>`) of exports killed half-way; returns them."""
         folder = self.stage("export")
-        stale = sorted(p for p in folder.glob(".*") if p.is_dir()) if folder.is_dir() else []
+        stale = sorted(p for p in folder.glob(".*.*") if p.is_dir() and re.fullmatch(r"\..+\.[a-z0-9_]{8}", p.name)) \
+            if folder.is_dir() else []
         for path in stale:
             shutil.rmtree(path)
         return stale
@@ -246,7 +251,8 @@ class RunDir:
     def exports(self) -> dict[str, dict[str, Any]]:
         """The metadata of every export, by export name (sorted)."""
         folder = self.stage("export")
-        found = {p.name: read_metadata(p) for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+        found = {p.name: read_metadata(p) for p in sorted(folder.iterdir()) if not p.name.startswith(".")} \
+            if folder.is_dir() else {}
         return {name: meta for name, meta in found.items() if meta is not None}
 
 

@@ -178,7 +178,8 @@ class Search:
             pareto_plot(self.files.pareto(k), archive.records, archive.front(), candidates, cost,
                         f"iteration {k}: hypervolume {stats['hypervolume']:.4f}")
             archive.save(self.files.archive(k))  # last: its presence marks the iteration done
-            curves_plot(self.files.curves, [read_json(self.files.stats(i)) for i in range(k + 1)])
+            curves_plot(self.files.curves, [read_json(self.files.stats(i), ["iteration", "hypervolume"])
+                                            for i in range(k + 1)])
             self.state["iterations_done"] = k
             write_json(self.files.state, self.state)
         log.info("iteration %d: hypervolume %.4f, front %d, predictor %s", k, stats["hypervolume"],

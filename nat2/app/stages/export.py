@@ -42,6 +42,8 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
     setup_logging(run_dir, "export", True)
     for path in run_dir.remove_partial_exports():
         log.info("removed %s, left by an export that was stopped half-way", path)
+    if not wanted:
+        return
     data = config.data
     splits = data.load()
     for name in wanted:
