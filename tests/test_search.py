@@ -17,19 +17,11 @@ from nat2.app.rundir import RunDir
 from nat2.search.evaluate import Evaluator
 from nat2.search.loop import Search, SearchSettings, high_tradeoff_points, tradeoffs
 from supernets.train import PhaseTrainer
+from tiny_run import BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CONFIG = """\
-data: {{name: synthetic, calibration_size: 16}}
-supernet: {{resolutions: [12, 16], widths: [1.0], early_exits: true}}
-run: {{dir: {run}}}
-train:
-  batch_size: 50
-  val_settings: 2
-  eps:
-    - {{name: full, epochs: 1, lr: 0.05, aep: true}}
-    - {{name: all, kernels: all, expands: all, depths: all, exits: all, epochs: 1, lr: 0.01, subnets_per_step: 2}}
+CONFIG = BASE + """\
 search:
   supernet: {supernet}
   archive_size: 8

@@ -2,7 +2,8 @@
 the bad-input corpus both start from it."""
 from pathlib import Path
 
-CONFIG = """\
+# Data, supernet, run directory and a two-phase training, shared with test_search.py's configs.
+BASE = """\
 data: {{name: synthetic, calibration_size: 16}}
 supernet: {{resolutions: [12, 16], widths: [1.0], early_exits: true}}
 run: {{dir: {run}}}
@@ -12,6 +13,8 @@ train:
   eps:
     - {{name: full, epochs: 1, lr: 0.05, aep: true}}
     - {{name: all, kernels: all, expands: all, depths: all, exits: all, epochs: 1, lr: 0.01, subnets_per_step: 2}}
+"""
+CONFIG = BASE + """\
 search:
   archive_size: 8
   multiplier: 2
