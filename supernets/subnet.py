@@ -6,8 +6,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .arch import CONV1X1, MBCONV, TRANSFORM, Architecture, ArchitectureError
-from .layers import Body, MBConv, ParallelBlock, Plan, parallel_branches
+from .arch import CONV1X1, MBCONV, TRANSFORM, Architecture, ArchitectureError, Block
+from .layers import Body, MBConv, ParallelBlock, Plan, Position, parallel_branches
 
 
 def normalize_exits(arch: Architecture, exits: Sequence[int] | str | None,
@@ -27,6 +27,15 @@ def normalize_exits(arch: Architecture, exits: Sequence[int] | str | None,
     return chosen
 
 
+def static_block(pos: Position, block: Block) -> ParallelBlock:
+    """The static module of one active block: the branches its key selects."""
+    mbconv = (MBConv(pos.in_channels, pos.out_channels, block.kernel, block.expand, pos.stride, pos.act, pos.se)
+              if block.key & MBCONV else None)
+    conv1x1, transform = parallel_branches(pos) if block.key & (CONV1X1 | TRANSFORM) else (None, None)
+    return ParallelBlock(mbconv, conv1x1 if block.key & CONV1X1 else None,
+                         transform if block.key & TRANSFORM else None, residual=pos.residual, key=block.key)
+
+
 class Subnet(Body):
     """A static OFAv2 subnet; `config` (JSON-serialisable) rebuilds it: `Subnet(**config)`."""
 
@@ -42,13 +51,7 @@ class Subnet(Body):
         self.build_fixed(plan, n_classes, self.exit_list, dropout)
         self.stages = nn.ModuleList(nn.ModuleList() for _ in arch.stages)
         for s, b, block in arch.blocks():
-            pos = plan.position(s, b)
-            mbconv = (MBConv(pos.in_channels, pos.out_channels, block.kernel, block.expand, pos.stride, pos.act, pos.se)
-                      if block.key & MBCONV else None)
-            conv1x1, transform = parallel_branches(pos) if block.key & (CONV1X1 | TRANSFORM) else (None, None)
-            self.stages[s].append(ParallelBlock(mbconv, conv1x1 if block.key & CONV1X1 else None,
-                                                transform if block.key & TRANSFORM else None,
-                                                residual=pos.residual, key=block.key))
+            self.stages[s].append(static_block(plan.position(s, b), block))
         self.set_bn(bn_momentum, bn_eps)
 
     @property
