@@ -8,7 +8,7 @@ give NAT's original 0..9 mapping. Decoding is deterministic: every vector is fir
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class SearchSpace:
         self.xu = np.array(head_ub + block_ub * N_STAGES, dtype=np.int64)
         self._mbconv_genes = np.array(
             [g >= 1 and bool(self.key_order[(g - 1) // self._nke] & MBCONV) for g in range(gene_max + 1)])
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per number of classes: (blocks, stem + head)
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # cost tables per number of classes
         self._blocks = [None] + [self._block(g) for g in range(1, gene_max + 1)]  # decoded genes, built once
 
     def gene_name(self, i: int) -> str:
@@ -155,36 +155,48 @@ class SearchSpace:
 
     def costs(self, x: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
         """(params, MACs) of the single-exit subnets of many encodings, from cached tables."""
+        if n_classes not in self._tables:
+            def block(width: float, resolution: int, s: int, b: int, block: Block) -> tuple[int, int]:
+                sizes = stage_input_sizes(resolution)
+                c = block_cost(Plan(width).position(s, b), block, sizes[s] if b == 0 else sizes[s + 1])
+                return c.params, c.macs
+
+            def base(width: float, resolution: int, x: int) -> tuple[int, int]:
+                plan, size = Plan(width), stage_input_sizes(resolution)[x]
+                c = stem_cost(width, resolution) + head_cost(plan.stage_channels(x - 1), *plan.head_channels(x - 1),
+                                                             n_classes, size)
+                return c.params, c.macs
+            self._tables[n_classes] = self.part_tables(block, base, np.int64)
+        total = self.sum_parts(x, self._tables[n_classes])
+        return total[:, 0], total[:, 1]
+
+    def part_tables(self, block: Callable[[float, int, int, int, Block], Sequence[float]],
+                    base: Callable[[float, int, int], Sequence[float]], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+        """A sum-of-parts model (costs, latency) as arrays for `sum_parts`: blocks[w, r, position, gene]
+        holds `block(width, resolution, stage, index, Block)`, base[w, r, exit - 1] holds `base(width,
+        resolution, exit)` (stem and head). Positions no subnet can use are left at zero."""
+        sp = self.space
+        n_genes, n_values = int(self.xu.max()) + 1, len(base(sp.widths[0], sp.resolutions[0], sp.exits[0]))
+        blocks = np.zeros((len(sp.widths), len(sp.resolutions), N_GENES, n_genes, n_values), dtype=dtype)
+        bases = np.zeros((len(sp.widths), len(sp.resolutions), N_STAGES, n_values), dtype=dtype)
+        for wi, width in enumerate(sp.widths):
+            for ri, res in enumerate(sp.resolutions):
+                for x in sp.exits:
+                    bases[wi, ri, x - 1] = base(width, res, x)
+                for s in range(max(sp.exits)):
+                    for b in range(max(sp.depths)):
+                        for g in range(1, n_genes):
+                            blocks[wi, ri, s * BLOCKS_PER_STAGE + b, g] = block(width, res, s, b, self._blocks[g])
+        return blocks, bases
+
+    def sum_parts(self, x: np.ndarray, tables: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """(n, values) sums of a `part_tables` model over the single-exit subnets of many encodings."""
         rows = self.repair(self.validate(x).reshape(-1, self.n_var))
-        blocks, base = self._cost_tables(n_classes)
+        blocks, base = tables
         w, r = rows[:, 1], rows[:, 0]
         exit_ = np.asarray(self.space.exits)[rows[:, 2]] if self.early_exits else np.full(len(rows), N_STAGES)
         genes = rows[:, self.n_head:]
         stage = np.repeat(np.arange(1, N_STAGES + 1), BLOCKS_PER_STAGE)
         per_block = blocks[w[:, None], r[:, None], np.arange(N_GENES)[None, :], genes]
         per_block = per_block * (stage[None, :] <= exit_[:, None])[..., None]
-        total = base[w, r, exit_ - 1] + per_block.sum(axis=1)
-        return total[:, 0], total[:, 1]
-
-    def _cost_tables(self, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-        if n_classes not in self._tables:
-            sp = self.space
-            n_genes = int(self.xu.max()) + 1
-            blocks = np.zeros((len(sp.widths), len(sp.resolutions), N_GENES, n_genes, 2), dtype=np.int64)
-            base = np.zeros((len(sp.widths), len(sp.resolutions), N_STAGES, 2), dtype=np.int64)
-            for wi, width in enumerate(sp.widths):
-                plan = Plan(width)
-                for ri, res in enumerate(sp.resolutions):
-                    sizes = stage_input_sizes(res)
-                    stem = stem_cost(width, res)
-                    for x in range(1, N_STAGES + 1):
-                        head = head_cost(plan.stage_channels(x - 1), *plan.head_channels(x - 1), n_classes, sizes[x])
-                        base[wi, ri, x - 1] = (stem.params + head.params, stem.macs + head.macs)
-                    for p in range(N_GENES):
-                        s, b = divmod(p, BLOCKS_PER_STAGE)
-                        pos, size = plan.position(s, b), sizes[s] if b == 0 else sizes[s + 1]
-                        for g in range(1, n_genes):
-                            c = block_cost(pos, self._blocks[g], size)
-                            blocks[wi, ri, p, g] = (c.params, c.macs)
-            self._tables[n_classes] = (blocks, base)
-        return self._tables[n_classes]
+        return base[w, r, exit_ - 1] + per_block.sum(axis=1)
