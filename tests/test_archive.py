@@ -142,7 +142,17 @@ def test_objective_matrix_follows_the_names():
     recs = [record([0], 75.0, 10, 100), record([1], 60.0, 5, 300)]
     assert objective_matrix(recs, ["macs", "acc"]).tolist() == [[100, 25], [300, 40]]
     with pytest.raises(ValueError, match="objectives"):
-        objective_matrix(recs, ["latency"])
+        objective_matrix(recs, ["energy"])
+
+
+def test_a_latency_archive_needs_latency_in_every_record():
+    archive = Archive(4, ["acc", "latency"])
+    with pytest.raises(ArchiveError, match="latency"):
+        archive.add([record([0], 75.0, 10, 100)])
+    with pytest.raises(ArchiveError, match="latency"):
+        archive.add([dict(record([0], 75.0, 10, 100), latency=-1.0)])
+    archive.add([dict(record([0], 75.0, 10, 100), latency=2.5), dict(record([1], 60.0, 5, 300), latency=1.5)])
+    assert archive.F.tolist() == [[25.0, 2.5], [40.0, 1.5]]
 
 
 def test_add_skips_duplicate_encodings():

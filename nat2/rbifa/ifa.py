@@ -43,7 +43,7 @@ Keys = Sequence[str] | Mapping[str, int]  # record keys, with their directions (
 STATE_FORMAT = "nat2-ifa-state"
 # Direction of the record keys rb_select knows: +1 lower is better, -1 higher is better.
 DIRECTIONS: dict[str, int] = {"top1": -1, "val_top1": -1, "test_top1": -1, "predicted_top1": -1, "icd": -1,
-                              "synflow": -1, "acc": 1, "params": 1, "macs": 1}
+                              "synflow": -1, "acc": 1, "params": 1, "macs": 1, "latency": 1}
 
 
 def check_wp(wp: Any) -> float:

@@ -1,7 +1,8 @@
 """The archive of evaluated subnets: fixed size, no duplicate encodings, survival by objectives.
 
 A record is a dict with "encoding" (canonical list[int]), "top1" (validation top-1 in %),
-"params", "macs" and "iteration"; extra keys are kept. Objectives are always named (`OBJECTIVES`)
+"params", "macs", "iteration" and, when it is an objective, "latency" (ms, predicted from a
+latency table); extra keys are kept. Objectives are always named (`OBJECTIVES`)
 and minimised: `acc` is the top-1 error 100 - top1. Survival follows NSGA-II (two objectives) or
 NSGA-III (three or more), so the archive keeps a spread-out front rather than the most accurate nets.
 """
@@ -26,7 +27,8 @@ from pymoo.util.reference_direction import get_partition_closest_to_points
 from ..files import write_json
 from ..space import EncodingError, SearchSpace, encoding_key, unique_rows
 
-OBJECTIVES = ("acc", "params", "macs")
+OBJECTIVES = ("acc", "params", "macs", "latency")
+COSTS = ("params", "macs", "latency")  # the objectives a record holds as they are
 FORMAT = "nat2-archive"
 Record = dict[str, Any]
 
@@ -46,8 +48,8 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
 def objective_matrix(records: Sequence[Record], objectives: Sequence[str]) -> np.ndarray:
     """(n, len(objectives)) values to minimise, columns in the order the names are given."""
     names = check_objectives(objectives)
-    column = {"acc": lambda r: 100.0 - r["top1"], "params": lambda r: r["params"], "macs": lambda r: r["macs"]}
-    return np.array([[column[o](r) for o in names] for r in records], dtype=float).reshape(len(records), len(names))
+    return np.array([[100.0 - r["top1"] if o == "acc" else r[o] for o in names] for r in records],
+                    dtype=float).reshape(len(records), len(names))
 
 
 def survive(F: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -76,11 +78,12 @@ def _is_number(value: Any) -> bool:
         and math.isfinite(value)
 
 
-def _check_record(record: Any, where: str, space: SearchSpace | None) -> Record:
+def _check_record(record: Any, where: str, space: SearchSpace | None, objectives: Sequence[str]) -> Record:
     """The record with a plain list[int] encoding; ArchiveError naming `where` and the field if invalid."""
     if not isinstance(record, dict):
         raise ArchiveError(f"{where}: expected a mapping; got {type(record).__name__}")
-    missing = [f for f in ("encoding", "top1", "params", "macs", "iteration") if f not in record]
+    costs = [f for f in COSTS if f in ("params", "macs") or f in objectives or f in record]
+    missing = [f for f in ("encoding", "top1", *costs, "iteration") if f not in record]
     if missing:
         raise ArchiveError(f"{where}: missing field(s) {missing}")
     enc = record["encoding"]
@@ -89,7 +92,7 @@ def _check_record(record: Any, where: str, space: SearchSpace | None) -> Record:
         raise ArchiveError(f"{where}: 'encoding' must be a list of integers; got {enc!r}")
     if not (_is_number(record["top1"]) and 0 <= record["top1"] <= 100):
         raise ArchiveError(f"{where}: 'top1' must be a percentage in 0..100; got {record['top1']!r}")
-    for field in ("params", "macs"):
+    for field in costs:
         if not (_is_number(record[field]) and record[field] >= 0):
             raise ArchiveError(f"{where}: {field!r} must be a non-negative number; got {record[field]!r}")
     if not (isinstance(record["iteration"], (int, np.integer)) and not isinstance(record["iteration"], bool)
@@ -103,7 +106,7 @@ def _check_record(record: Any, where: str, space: SearchSpace | None) -> Record:
         except EncodingError as err:
             raise ArchiveError(f"{where}: {err}") from None
     plain = {f: record[f].item() if isinstance(record[f], np.generic) else record[f]
-             for f in ("top1", "params", "macs")}
+             for f in ("top1", *costs)}
     return dict(record, **plain, encoding=[int(v) for v in enc], iteration=int(record["iteration"]))
 
 
@@ -130,7 +133,7 @@ class Archive:
         """Append the records whose encodings are new; returns those (checked, encodings as lists)."""
         added = []
         for i, record in enumerate(records):
-            record = _check_record(record, f"record {i}", space)
+            record = _check_record(record, f"record {i}", space, self.objectives)
             key = encoding_key(record["encoding"])
             if key not in self._keys:
                 self._keys.add(key)

@@ -1,5 +1,6 @@
 """Candidate generation for one NAT2 iteration: NSGA-II on the surrogate, then a spread subset. The
-predictor scores accuracy; params and MACs are exact (analytic cost model). Every genotype the
+predictor scores accuracy; params and MACs are exact (analytic cost model), latency comes from a
+latency table. Every genotype the
 operators produce is repaired to its canonical encoding before it is scored or deduplicated, so the
 surrogate never sees noise genes and duplicates are real duplicates."""
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pymoo.operators.sampling.rnd import BinaryRandomSampling
 from pymoo.optimize import minimize
 
 from .archive import Archive, check_objectives, objective_matrix, survive
+from ..latency import LatencyTable
 from ..space import SearchSpace, unique_rows
 
 SUBSET_POP_SIZE = 100
@@ -44,13 +46,17 @@ class EncodingRepair(Repair):
 
 
 class SurrogateProblem(Problem):
-    """Objectives by name: `acc` = predicted top-1 error, `params`/`macs` exact. `evaluated` keeps
-    every batch of encodings scored, so callers can check what the search actually looked at."""
+    """Objectives by name: `acc` = predicted top-1 error, `params`/`macs` exact, `latency` from the
+    table. `evaluated` keeps every batch of encodings scored, so callers can check what the search
+    actually looked at."""
 
-    def __init__(self, space: SearchSpace, predictor: Predictor, objectives: Sequence[str], n_classes: int) -> None:
+    def __init__(self, space: SearchSpace, predictor: Predictor, objectives: Sequence[str], n_classes: int,
+                 latency: LatencyTable | None = None) -> None:
         self.objectives = check_objectives(objectives)
+        if "latency" in self.objectives and latency is None:
+            raise ValueError("the latency objective needs a latency table")
         super().__init__(n_var=space.n_var, n_obj=len(self.objectives), xl=space.xl, xu=space.xu, vtype=int)
-        self.space, self.predictor, self.n_classes = space, predictor, n_classes
+        self.space, self.predictor, self.n_classes, self.latency = space, predictor, n_classes, latency
         self.evaluated: list[np.ndarray] = []
 
     def _evaluate(self, X: np.ndarray, out: dict[str, Any], *args: Any, **kwargs: Any) -> None:
@@ -60,6 +66,8 @@ class SurrogateProblem(Problem):
             columns["acc"] = np.asarray(self.predictor.predict(X), dtype=float)
         if {"params", "macs"} & set(self.objectives):
             columns["params"], columns["macs"] = self.space.costs(X, self.n_classes)
+        if "latency" in self.objectives:
+            columns["latency"] = self.latency.predict(self.space, X)
         out["F"] = np.column_stack([columns[o] for o in self.objectives]).astype(float)
 
 
@@ -74,9 +82,10 @@ def initial_population(space: SearchSpace, archive: Archive, pop_size: int, rng:
 
 
 def generate(space: SearchSpace, predictor: Predictor, archive: Archive, objectives: Sequence[str], n_classes: int,
-             *, pop_size: int = 100, n_gen: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+             *, pop_size: int = 100, n_gen: int = 20, seed: int = 0,
+             latency: LatencyTable | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(X, predicted F) of the final population of NSGA-II (GA for one objective) on the surrogate."""
-    problem = SurrogateProblem(space, predictor, objectives, n_classes)
+    problem = SurrogateProblem(space, predictor, objectives, n_classes, latency)
     sampling = initial_population(space, archive, pop_size, np.random.default_rng(seed))
     settings = dict(pop_size=pop_size, sampling=sampling, crossover=TwoPointCrossover(prob=0.9),
                     mutation=PM(eta=1.0, vtype=float, repair=RoundingRepair()), repair=EncodingRepair(space),

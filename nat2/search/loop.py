@@ -81,7 +81,7 @@ def read_front(files: SearchFiles) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The NAT2 search (NAT2 paper defaults): objectives (acc, and params and/or macs), archive size, initial
+    """The NAT2 search (NAT2 paper defaults): objectives (acc, and params, macs and/or latency), archive size, initial
     sample (multiplier x size), iterations, K candidates each, NSGA-II on the predictor, predictor, knees."""
 
     objectives: tuple[str, ...] = ("acc", "params")
@@ -166,6 +166,8 @@ class Search:
         self.space, self.evaluator, self.settings, self.n_classes = space, evaluator, settings, n_classes
         self.files, self.adapt, self.is_main = files, adapt, is_main
         self.objectives = settings.objectives
+        if "latency" in self.objectives and evaluator.latency is None:
+            raise ValueError("the latency objective needs an evaluator with a latency table")
         self.state: dict[str, Any] = {}
 
     def _finish_iteration(self, k: int, archive: Archive, candidates: list[Record], stats: dict[str, Any]) -> None:
@@ -222,7 +224,7 @@ class Search:
         times["fit"] = time.time() - t
         t = time.time()
         X, F = generate(self.space, predictor, archive, self.objectives, self.n_classes, pop_size=s.population,
-                        n_gen=s.generations, seed=seed)
+                        n_gen=s.generations, seed=seed, latency=self.evaluator.latency)
         chosen = choose_candidates(X, F, archive, self.objectives, s.candidates, seed)
         times["generate"] = time.time() - t
         t = time.time()
@@ -293,7 +295,7 @@ class Search:
                                          self.files.final_test, "test split", split="test")
         rows = [{"id": f"subnet_{i:02d}", "encoding": r["encoding"], "arch": self.space.decode(np.array(r["encoding"])).to_dict(),
                  "val_top1": r["top1"], "test_top1": t["top1"], "params": r["params"], "macs": r["macs"],
-                 "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
+                 **({"latency": r["latency"]} if "latency" in r else {}), "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
         if self.is_main:
             write_json(self.files.final, rows)
             cost = next((o for o in self.objectives if o != "acc"), "macs")

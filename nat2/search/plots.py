@@ -10,11 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-LABELS = {"params": "params (M)", "macs": "MACs (M)"}
+LABELS = {"params": "params (M)", "macs": "MACs (M)", "latency": "latency (ms, predicted)"}
+UNITS = {"params": 1e6, "macs": 1e6, "latency": 1.0}
 
 
 def _cost(records: Sequence[dict[str, Any]], name: str) -> list[float]:
-    return [r[name] / 1e6 for r in records]
+    return [r[name] / UNITS[name] for r in records]
 
 
 def pareto_plot(path: Path, archive: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]],
