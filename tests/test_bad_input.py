@@ -1,6 +1,7 @@
 """The bad-input corpus: each kind of wrong input a user can give nat2 (flags, config files and
 values, data sets, and every file of a run directory a stage reads) ends in exit code 2 and one
 line naming the file or key, and leaves every file written before byte-identical."""
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -13,7 +14,10 @@ import torch
 import yaml
 
 from nat2.app.cli import main
+from nat2.app.config import load_config
 from nat2.app.rundir import RunDir
+from nat2.latency import LatencyTable, identity
+from supernets.latency import Timing, parts
 from test_data import _dump, _jpeg, _write_cifar10
 from tiny_run import write_config
 
@@ -118,6 +122,23 @@ def _image_folder(broken: str = "", test: bool = True) -> Setup:
     return setup
 
 
+def _table(resolutions: tuple[int, ...] = (12, 16), text: str | None = None) -> Setup:
+    """latency/torch-cpu.json of the run: `text`, or a complete table (of made-up times) measured
+    for the tiny space with `resolutions`."""
+    def setup(run: RunDir, tmp: Path) -> None:
+        path = run.latency_table("torch-cpu")
+        path.parent.mkdir(exist_ok=True)
+        if text is not None:
+            path.write_text(text)
+            return
+        space = dataclasses.replace(load_config(run.config_file).supernet.search_space().space, resolutions=resolutions)
+        times = {p.key: [0.1, 0.1, 0.1] for p in parts(space, False, 10)}
+        LatencyTable(identity("torch-cpu", space, False, 10, Timing()), {"backend": "torch-cpu"}, times,
+                     {"scale": 1.0}).write(path)
+    return setup
+
+
+LATENCY = ("--set", "search.objectives=[acc, latency]")
 CIFAR = "run: {{dir: {tmp}/c}}\ndata: {{name: cifar10, root: {tmp}/cifar}}\nsupernet: {{widths: [1.0]}}\n"
 FOLDER = "run: {{dir: {tmp}/c}}\ndata: {{name: imagefolder, root: {tmp}/images}}\nsupernet: {{widths: [1.0]}}\n"
 RUN, CFG = "{run}", "{tmp}/c.yaml"
@@ -245,11 +266,28 @@ CASES = {
                          _write(lambda r: _export(r) / "model.onnx", b"garbage")),
     "evaluate-other-dataset": Case(("evaluate", RUN, "--subnet", "{export}", "--set", "data.name=digits"),
                                    ("synthetic", "digits")),
+    # latency tables
+    "latency-unknown-backend": Case(("latency", RUN, "--backend", "tpu"), ("--backend", "tpu")),
+    "latency-check-0": Case(("latency", RUN, "--check", "0"), ("--check", "0")),
+    "latency-threads-0": Case(("latency", RUN, "--set", "latency.threads=0"), ("latency.threads",)),
+    "latency-unknown-backend-in-config": Case(("latency", RUN, "--set", "latency.backend=tpu"), ("latency.backend",)),
+    "latency-table-not-json": Case(("latency", RUN), ("torch-cpu.json", "nat2 latency", "--backend torch-cpu"),
+                                   _table(text=NOT_JSON)),
+    "latency-table-without-parts": Case(("latency", RUN), ("torch-cpu.json", "'parts'"), _table(text="{}")),
+    "latency-table-of-another-space": Case(("latency", RUN), ("torch-cpu.json", "space.resolutions"),
+                                           _table((16,))),
+    "search-latency-without-table": Case(("search", RUN, *LATENCY), ("torch-cpu.json", "nat2 latency"),
+                                         _without("search", "select", "finetune", "export")),
+    "search-latency-table-of-another-space": Case(("search", RUN, *LATENCY), ("torch-cpu.json", "space.resolutions"),
+                                                  _without("search", "select", "finetune", "export",
+                                                           then=_table((16,)))),
+    "run-latency-without-table": Case(("run", CFG, *LATENCY), ("torch-cpu.json", "nat2 latency"), _tiny()),
     "non-finite-loss": Case(("train-supernet", CFG, "--set", "train.eps=[{{name: full, epochs: 1, lr: 1.0e+12}}]"),
                             ("non-finite",), _tiny(), absent=("last.pt",)),
 }
 if not torch.cuda.is_available():
     CASES["cuda-without-gpu"] = Case(("run", CFG, "--set", "train.device=cuda"), ("train.device", "cuda"), _tiny())
+    CASES["latency-cuda-without-gpu"] = Case(("latency", RUN, "--backend", "torch-cuda"), ("torch-cuda", "GPU"))
 
 
 def _copy(finished: Path, to: Path) -> RunDir:

@@ -78,3 +78,10 @@ def test_the_command_lines_strategies_are_the_librarys():
     from nat2.rbifa.training_free import STRATEGIES as TRAINING_FREE
 
     assert STRATEGIES == ("nat2", *TRAINING_FREE)
+
+
+def test_the_command_lines_latency_backends_are_the_librarys():
+    from nat2.app.choices import BACKENDS
+    from supernets.latency import BACKENDS as MEASURED
+
+    assert BACKENDS == MEASURED

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from .choices import FORMATS, METHODS, SPLITS, STRATEGIES
+from .choices import BACKENDS, FORMATS, METHODS, SPLITS, STRATEGIES
 
 # command -> (the module that runs it, how it is called, help)
 COMMANDS: dict[str, tuple[str, Callable[[Any, Any, Any, argparse.Namespace], None], str]] = {
@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Any, Any, Any, argparse.Namespace], Non
                "write each fine-tuned subnet as a standalone export (architecture, weights, .pt2, ONNX, metadata)"),
     "evaluate": ("stages.evaluate", lambda m, c, r, a: m.run(c, r, a.subnet, a.split, a.format),
                  "score an exported subnet on a split of the dataset"),
+    "latency": ("stages.latency", lambda m, c, r, a: m.run(c, r, a.backend, a.batch, a.threads, a.check),
+                "measure the latency table of the run's space on this machine (and check it against whole subnets)"),
     "run": ("pipeline", lambda m, c, r, a: m.run(c, r),
             "the whole pipeline: train-supernet, search, select, finetune, export; run it again to resume"),
 }
@@ -83,7 +85,20 @@ def _parser() -> argparse.ArgumentParser:
                              help="validation (carved from the training set) or the test set (default: %(default)s)")
             sub.add_argument("--format", choices=FORMATS, default="torch",
                              help="the rebuilt PyTorch module, the .pt2 program or onnxruntime (default: %(default)s)")
+        if name == "latency":
+            sub.add_argument("--backend", choices=BACKENDS,
+                             help="where the subnets will run (default: latency.backend)")
+            sub.add_argument("--batch", type=_positive, help="images per forward (default: latency.batch)")
+            sub.add_argument("--threads", type=_positive, help="CPU threads (default: latency.threads)")
+            sub.add_argument("--check", type=_positive, default=0, metavar="N",
+                             help="then time N random subnets and the exports whole and compare with the table")
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def _target(args: argparse.Namespace) -> tuple[Path, Any]:
@@ -124,6 +139,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """The errors a user's input can cause (the command's modules are loaded by now)."""
     from postprocess import ExportError, FinetuneError
     from supernets import ArchitectureError, CheckpointError, DatasetError
+    from supernets.latency import LatencyError
     from supernets.phases import PhaseError
     from supernets.train import TrainingError
 
@@ -135,7 +151,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .stages.select import SelectionError
 
     return (ArchiveError, ConfigError, DatasetError, ArchitectureError, EncodingError, PhaseError, CheckpointError,
-            TrainingError, SelectionError, RunDirError, FinetuneError, ExportError, FileFormatError)
+            TrainingError, SelectionError, RunDirError, FinetuneError, ExportError, FileFormatError, LatencyError)
 
 
 def _one_line(err: Exception) -> str:

@@ -19,6 +19,7 @@ import yaml
 
 from postprocess import FinetuneOptions
 from supernets import DATASETS, Space, Splits, Supernet, load_splits
+from supernets.latency import Timing
 from supernets.phases import Phase, PhaseError, parse_phases
 from supernets.settings import check_fields
 from supernets.train import TrainOptions
@@ -27,7 +28,7 @@ from ..rbifa import IFASettings, check_wp, parse_wps
 from ..rbifa.training_free import INITS
 from ..search import AdaptSettings, SearchSettings
 from ..space import SearchSpace
-from .choices import METHODS
+from .choices import BACKENDS, METHODS
 
 SCHEDULES = ("eps", "warmup")
 DEVICES = ("auto", "cpu", "cuda")
@@ -224,6 +225,27 @@ class ExportSettings:
 
 
 @dataclass(frozen=True)
+class LatencySection(Timing):
+    """`nat2 latency`: the backend (torch-cpu, torch-cuda, onnxruntime) whose table of
+    latency/<backend>.json the `latency` objective reads, and how each part is timed: batch,
+    CPU threads, warm-up calls, rounds of at least `round_ms` (the median is kept), interleaved
+    passes (the median is kept), and the random subnets timed whole to calibrate the sum of parts
+    (`calibration`). `seed` draws the random subnets of `--check`."""
+
+    backend: str = "torch-cpu"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        integers = {"batch": 1, "threads": 1, "warmup": 0, "rounds": 1, "passes": 1, "calibration": 1, "seed": 0}
+        check_fields(self, "latency", integers=integers, positive=("round_ms",), choices={"backend": BACKENDS})
+
+    def timing(self, batch: int | None = None, threads: int | None = None) -> Timing:
+        """The timing settings, with the command line's batch and threads where given."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(Timing)}
+        return Timing(**{**values, **{k: v for k, v in (("batch", batch), ("threads", threads)) if v is not None}})
+
+
+@dataclass(frozen=True)
 class RbifaSection(IFASettings):
     """RB-IFA: the performance weight(s) Wp of the rank score, the Improved FireFly Algorithm's
     settings, the ICD image batch, the subnet weights (inherited from the supernets or a fresh
@@ -325,6 +347,7 @@ class Config:
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     export: ExportSettings = field(default_factory=ExportSettings)
     rbifa: RbifaSection = field(default_factory=RbifaSection)
+    latency: LatencySection = field(default_factory=LatencySection)
     train: TrainSection = field(default_factory=TrainSection)
 
     def __post_init__(self) -> None:

@@ -13,7 +13,9 @@ import torch.distributed
 from supernets import CheckpointError, Splits, Supernet
 from supernets.checkpoint import check_meta, load_checkpoint
 from supernets.distributed import Dist, init_distributed
+from supernets.latency import LatencyError
 
+from ..latency import LatencyTable, identity
 from ..space import SearchSpace
 from .config import Config, ConfigError
 from .rundir import RunDir
@@ -124,3 +126,25 @@ def finetune_jobs(config: Config, rows: list[dict[str, Any]], space: SearchSpace
 def export_name(row: dict[str, Any], variant: str) -> str:
     """The name of a job's export: the subnet's id for the single variant, <id>_aep for AEP."""
     return row["id"] if variant == "single" else f"{row['id']}_{variant}"
+
+
+def latency_table(config: Config, run_dir: RunDir) -> LatencyTable | None:
+    """The run's latency table of latency.backend, checked against the run's space, when `latency`
+    is an objective of the search (else None); a LatencyError names the command that builds it.
+    Called before anything is written, so it reads the data set's classes itself."""
+    if "latency" not in config.search.objectives:
+        return None
+    backend, path = config.latency.backend, run_dir.latency_table(config.latency.backend)
+    if not path.is_file():
+        target = run_dir.path if run_dir.config_file.is_file() else "<this config>"
+        raise LatencyError(f"search.objectives names latency, but {path} does not exist; build it on the machine the "
+                           f"subnets will run on: `nat2 latency {target} --backend {backend}`")
+    return run_table(config, path, backend, config.data.load().n_classes)
+
+
+def run_table(config: Config, path: Path, backend: str, n_classes: int) -> LatencyTable:
+    """The latency table in `path`, refused (LatencyError) unless it is complete and was measured
+    on `backend` for this run's space, dense skips and classes."""
+    table = LatencyTable.read(path)
+    table.check(identity(backend, config.supernet.search_space().space, config.supernet.dense, n_classes), path)
+    return table

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.distributed
 
 from .config import Config
-from .context import join
+from .context import join, latency_table
 from .rundir import RunDir
 from .stages import export, finetune, search, select, train_supernet
 from .tables import table
@@ -19,6 +19,8 @@ def run(config: Config, run_dir: RunDir) -> None:
     """Every stage in order, each started or resumed from what the run directory holds; under
     torchrun, selection and export run on rank 0 only."""
     ctx = join(config)
+    if not run_dir.has_results("select"):
+        latency_table(config, run_dir)  # a missing table stops the run now, not after the training
     stages = (
         ("supernet", "train-supernet", lambda resume: train_supernet.run(config, run_dir, resume), True),
         ("search", "search", lambda resume: search.run(config, run_dir, resume), True),
@@ -42,10 +44,13 @@ def run(config: Config, run_dir: RunDir) -> None:
 
 def summary(run_dir: RunDir) -> str:
     """The final table of a finished run: exported subnets with their test top-1 and costs."""
+    exports = list(run_dir.exports().values())
+    backends = sorted(set.intersection(*(set(m.get("latency_ms", {})) for m in exports))) if exports else []
     rows = [(m["subnet"], ",".join(map(str, m["exits"])), m["accuracy"]["test_top1"], m["params"] / 1e6,
-             m["macs"] / 1e6, m["arch"]) for m in run_dir.exports().values()]
+             m["macs"] / 1e6, *(m["latency_ms"][b]["measured"] for b in backends), m["arch"]) for m in exports]
     lines = [table([("subnet", "<16"), ("exits", "<10"), ("test top-1", ">10.2f"), ("params (M)", ">10.3f"),
-                    ("MACs (M)", ">9.2f"), ("architecture", "")], rows)]
+                    ("MACs (M)", ">9.2f"), *((f"{b} (ms)", f">{max(9, len(b) + 5)}.3f") for b in backends),
+                    ("architecture", "")], rows)]
     lines.append(f"exported models: {run_dir.stage('export')}")
     lines.append(f"Pareto front and knees: {run_dir.search.front_plot}")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ that knows its folder and file names:
     select/selected.json                                 the subnets that go on
     finetune/<subnet>/<variant>/{step1,step2,result.json,final.pt}
     final/<export>/                                      arch.json, weights, .pt2, ONNX, metadata.json
+    latency/<backend>.json  latency/check_<backend>.{json,png}   latency tables and their checks
     logs/<command>.log  logs/tensorboard/w<width>/
 """
 from __future__ import annotations
@@ -34,16 +35,19 @@ from ..files import FileFormatError, read_json, require_fields, write_json, writ
 from .config import Config, ConfigError, read_yaml
 
 # Keys that may change between a run and its resume: they do not change the results.
-RUNTIME_KEYS = {("train", "num_workers"), ("train", "device"), ("train", "eval_batch_size")}
+RUNTIME_KEYS = {("train", "num_workers"), ("train", "device"), ("train", "eval_batch_size"),
+                *(("latency", k) for k in ("batch", "threads", "warmup", "rounds", "round_ms", "passes", "calibration",
+                                            "seed"))}
 PACKAGES = ("torch", "torchvision", "timm", "ofa", "pymoo", "lightgbm", "catboost", "scikit-learn", "numpy")
 # Stage -> its folder; a stage "has results" when its folder is not empty.
 STAGE_FOLDERS = {"supernet": "supernet", "search": "search", "tfsearch": "tfsearch", "select": "select",
-                 "finetune": "finetune", "export": "final"}
+                 "finetune": "finetune", "export": "final", "latency": "latency"}
 
 
 # Stage -> the command (and flags) that writes its files again.
 RECOVERY = {"search": ("search", " --resume"), "tfsearch": ("search", " --resume --strategy <its strategy>"),
-            "select": ("select", ""), "finetune": ("finetune", " --resume")}
+            "select": ("select", ""), "finetune": ("finetune", " --resume"),
+            "latency": ("latency", " --backend <its backend>")}    # a table's file name is its backend
 # What later stages read from the selection's rows and from a fine-tuning result.
 SELECTED_FIELDS = ("id", "encoding", "val_top1")
 RESULT_FIELDS = ("id", "variant", "kept_exits", "kept_beta", "val_top1_before", "val_top1_step1", "best_epoch",
@@ -137,6 +141,7 @@ class RunDir:
                     f"{self.path} --resume` to run them again")
         for stage, (command, flags) in RECOVERY.items():
             if self.stage(stage) in path.parents:
+                flags = flags.replace("<its backend>", path.stem)
                 return f"restore it, or delete it and run `nat2 {command} {self.path}{flags}` to write it again"
         return "restore it from a copy"
 
@@ -235,6 +240,18 @@ class RunDir:
         """The figures of a finished fine-tuning job, or None while it is not finished."""
         path = self.result_file(subnet, variant)
         return read_json(path, RESULT_FIELDS) if path.is_file() else None
+
+    def latency_table(self, backend: str) -> Path:
+        return self.stage("latency") / f"{backend}.json"
+
+    def latency_tables(self) -> dict[str, Path]:
+        """Backend -> its latency table, for the tables this run directory holds."""
+        folder = self.stage("latency")
+        return {p.stem: p for p in sorted(folder.glob("*.json")) if not p.name.startswith("check_")}
+
+    def latency_check(self, backend: str, suffix: str) -> Path:
+        """The `--check` report (.json) and scatter plot (.png) of a backend's table."""
+        return self.stage("latency") / f"check_{backend}{suffix}"
 
     def export(self, name: str) -> Path:
         return self.stage("export") / name

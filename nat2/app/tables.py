@@ -17,3 +17,11 @@ def table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[Any]]) -> 
     heads = [f"{header:{''.join(_SPEC.match(spec).groups()[:2])}}" for header, spec in columns]
     body = [line([f"{value:{spec}}" for value, (_, spec) in zip(row, columns)]) for row in rows]
     return "\n".join([line(heads), *body])
+
+
+def cost_columns(rows: Sequence[dict[str, Any]]) -> tuple[list[tuple[str, str]], list[tuple[float, ...]]]:
+    """The cost columns of search and selection rows: params, MACs and, when every row has it, the
+    latency predicted from the run's table."""
+    latency = bool(rows) and all("latency" in r for r in rows)
+    columns = [("params (M)", ">10.3f"), ("MACs (M)", ">9.2f")] + ([("latency (ms)", ">12.3f")] if latency else [])
+    return columns, [(r["params"] / 1e6, r["macs"] / 1e6, *((r["latency"],) if latency else ())) for r in rows]

@@ -1,14 +1,19 @@
 """`nat2 export`: every fine-tuned subnet (or those named) as a standalone export: architecture,
-weights, the .pt2 program, ONNX and metadata, each checked against the fine-tuned model."""
+weights, the .pt2 program, ONNX and metadata, each checked against the fine-tuned model. The
+metadata records the latency predicted and measured on every backend the run has a table for."""
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Sequence
+from typing import Any, Sequence
 
 from postprocess import ExportError, export_subnet, load_finetuned
+from supernets import Subnet
+from supernets.latency import LatencyError, Meter
 
+from ...latency import LatencyTable, measure_subnets
 from ..config import Config
-from ..context import export_name, finetune_jobs, setup_logging
+from ..context import export_name, finetune_jobs, run_table, setup_logging
 from ..rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
         return
     data = config.data
     splits = data.load()
+    meters = _meters(config, run_dir, splits.n_classes)
     for name in wanted:
         row, variant = names[name]
         result = run_dir.result(row["id"], variant)
@@ -62,9 +68,28 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
             "dataset": data.name, "n_classes": splits.n_classes,
             "input": {"layout": "NCHW RGB float32", "size": [model.arch.resolution] * 2,
                       "scale": "pixel / 255", "mean": list(splits.mean), "std": list(splits.std)},
+            "latency_ms": {backend: _latency(model, table, meter) for backend, (table, meter) in meters.items()},
         }
         folder = run_dir.export(name)
         parity = export_subnet(model, folder, metadata, tolerance=config.export.tolerance)
         log.info("exported %s to %s (max abs differences %s)", name, folder, parity)
         print(f"{name}: {folder} (test top-1 {result['test_top1']:.2f}, parity "
               + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()) + ")")
+
+
+def _meters(config: Config, run_dir: RunDir, n_classes: int) -> dict[str, tuple[LatencyTable, Meter]]:
+    """The run's latency tables with a meter for each backend that runs on this machine."""
+    out = {}
+    for backend, path in run_dir.latency_tables().items():
+        table = run_table(config, path, backend, n_classes)
+        try:
+            out[backend] = table, Meter(backend, table.timing)
+        except LatencyError as err:
+            log.warning("the exports' latency on %s is not measured: %s", backend, err)
+    return out
+
+
+def _latency(model: Subnet, table: LatencyTable, meter: Meter) -> dict[str, Any]:
+    measured = measure_subnets(meter, [(copy.deepcopy(model), model.arch.resolution)])[0]
+    return {"predicted": table.predict_arch(model.arch, model.exit_list), "measured": measured,
+            "batch": table.timing.batch, "threads": table.timing.threads}

@@ -9,9 +9,9 @@ from supernets.train import build_teacher
 from ...rbifa import TrainingFreeMetrics, parse_wps, training_free_search
 from ...search import Archive, Evaluator, Search, adapt
 from ..config import Config, ConfigError
-from ..context import load_adapted, open_stage, trained_supernets
+from ..context import latency_table, load_adapted, open_stage, trained_supernets
 from ..rundir import RunDir
-from ..tables import table
+from ..tables import cost_columns, table
 
 
 def run(config: Config, run_dir: RunDir, resume: bool = False, strategy: str = "nat2",
@@ -25,6 +25,7 @@ def run(config: Config, run_dir: RunDir, resume: bool = False, strategy: str = "
 
 def _nat2(config: Config, run_dir: RunDir, resume: bool) -> None:
     settings, options = config.search, config.train.options
+    latency = latency_table(config, run_dir)
     stage = open_stage(config, run_dir, "search", "search", resume)
     ctx, splits, space = stage.ctx, stage.splits, stage.space
     supernets = trained_supernets(config, run_dir, stage, adapted=False)
@@ -33,7 +34,7 @@ def _nat2(config: Config, run_dir: RunDir, resume: bool) -> None:
     load_adapted(run_dir, supernets)
     evaluator = Evaluator(space, supernets, splits, splits.n_classes, ctx=ctx, batch_size=options.eval_batch_size,
                           calibration_batch=options.calibration_batch, num_workers=options.num_workers,
-                          cache_mb=options.eval_cache_mb, bf16=options.eval_bf16)
+                          cache_mb=options.eval_cache_mb, bf16=options.eval_bf16, latency=latency)
     folders = {w: run_dir.adapt(w) for w in supernets}
 
     def adapt_fn(k: int, archive: Archive) -> None:
@@ -73,10 +74,9 @@ def _training_free(config: Config, run_dir: RunDir, resume: bool, strategy: str,
 
 def front_table(rows: Sequence[dict]) -> str:
     """The final front of a NAT2 search, knees starred."""
-    return table([("subnet", "<10"), ("knee", ">4"), ("val top-1", ">9.2f"), ("test top-1", ">10.2f"),
-                  ("params (M)", ">10.3f"), ("MACs (M)", ">9.2f")],
-                 [(r["id"], "*" if r["knee"] else "", r["val_top1"], r["test_top1"], r["params"] / 1e6,
-                   r["macs"] / 1e6) for r in rows])
+    columns, costs = cost_columns(rows)
+    return table([("subnet", "<10"), ("knee", ">4"), ("val top-1", ">9.2f"), ("test top-1", ">10.2f"), *columns],
+                 [(r["id"], "*" if r["knee"] else "", r["val_top1"], r["test_top1"], *c) for r, c in zip(rows, costs)])
 
 
 def training_free_table(rows: Sequence[dict]) -> str:

@@ -16,11 +16,12 @@ from typing import Any
 
 from ...rbifa import rb_scores, rb_select
 from ...search import Archive, iterations_done, read_front
+from ...search.archive import COSTS
 from ...space import encoding_key
 from ..config import Config, ConfigError
 from ..context import setup_logging
 from ..rundir import RunDir, config_differences
-from ..tables import table
+from ..tables import cost_columns, table
 
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def select(run_dir: RunDir, method: str, wp: float, n: int) -> list[dict[str, An
             record, score = archive.records[i], float(scores[i])
             row = ids.get(encoding_key(record["encoding"])) or {
                 "id": f"archive_{i:03d}", "encoding": record["encoding"], "val_top1": record["top1"],
-                "params": record["params"], "macs": record["macs"]}
+                **{k: record[k] for k in COSTS if k in record}}
             rows.append({**row, "rb_score": score, "wp": wp})
     if not rows:
         raise SelectionError(f"method {method!r} selected no subnet from {run_dir.stage('search')}")
@@ -90,5 +91,6 @@ def run(config: Config, run_dir: RunDir) -> None:
     setup_logging(run_dir, "select", True)
     run_dir.write_selection(s.method, s.wp, rows)
     log.info("selection (%s): %s in %s", s.method, ", ".join(r["id"] for r in rows), out)
-    print(table([("subnet", "<12"), ("val top-1", ">9.2f"), ("params (M)", ">10.3f"), ("MACs (M)", ">9.2f")],
-                [(r["id"], r["val_top1"], r["params"] / 1e6, r["macs"] / 1e6) for r in rows]))
+    columns, costs = cost_columns(rows)
+    print(table([("subnet", "<12"), ("val top-1", ">9.2f"), *columns],
+                [(r["id"], r["val_top1"], *c) for r, c in zip(rows, costs)]))

@@ -1,0 +1,107 @@
+"""`nat2 latency`: the latency table of the run's search space on one backend of this machine
+(latency/<backend>.json, resumable), and with `--check N` its check against whole subnets: N
+random ones and the run's exports, timed end to end (latency/check_<backend>.json and .png)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+
+from postprocess import load_subnet
+from supernets import Subnet
+from supernets.latency import Meter
+
+from ...files import write_json
+from ...latency import LatencyTable, agreement, build_table, identity, measure_subnets
+from ..config import Config
+from ..context import setup_logging
+from ..rundir import RunDir
+from ..tables import table
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def run(config: Config, run_dir: RunDir, backend: str | None = None, batch: int | None = None,
+        threads: int | None = None, check: int = 0) -> None:
+    """Measure (or finish) the table of `backend` (default latency.backend); then check it on
+    `check` random subnets and the exports."""
+    s = config.latency
+    meter = Meter(backend or s.backend, s.timing(batch, threads))
+    n_classes = config.data.load().n_classes
+    if not run_dir.config_file.is_file():
+        run_dir.prepare(config, "latency", resume=run_dir.stage("latency").exists())
+    setup_logging(run_dir, "latency", True)
+    space = config.supernet.search_space()
+    path = run_dir.latency_table(meter.backend)
+    log.info("latency table of %s on %s", path, meter.describe())
+    start = time.time()
+    lat, timed = build_table(path, identity(meter.backend, space.space, config.supernet.dense, n_classes,
+                                           meter.timing), meter)
+    smallest, largest = (lat.predict(space, x)[0] for x in (space.min_encoding, space.max_encoding))
+    log.info("%d parts timed in %.0f s (of %d); calibration scale %.3f", timed, time.time() - start,
+             len(lat.keys), lat.scale)
+    print(f"latency table ({meter.backend}): {path}\n{len(lat.keys)} parts ({timed} timed now in "
+          f"{time.time() - start:.0f} s), calibration scale {lat.scale:.3f}; predicted {smallest:.3f} ms for the "
+          f"smallest subnet, {largest:.3f} ms for the largest")
+    if check:
+        _check(config, run_dir, lat, meter, check, n_classes)
+
+
+def _check(config: Config, run_dir: RunDir, lat: LatencyTable, meter: Meter, n: int, n_classes: int) -> None:
+    """Predicted against measured latency of `n` random subnets and of every export."""
+    space = config.supernet.search_space()
+    X = space.sample(np.random.default_rng(config.latency.seed), n)
+    macs = space.costs(X, n_classes)[1]
+    rows, models = [], []
+    for i, x in enumerate(X):
+        arch = space.decode(x)
+        rows.append({"name": f"random_{i:03d}", "arch": str(arch), "macs": int(macs[i]),
+                     "predicted_ms": float(lat.predict(space, x)[0])})
+        models.append((Subnet(arch, n_classes, dense=config.supernet.dense), arch.resolution))
+    for name, meta in run_dir.exports().items():
+        model = load_subnet(run_dir.export(name))
+        rows.append({"name": name, "arch": meta["arch"], "macs": meta["macs"], "export": True,
+                     "predicted_ms": lat.predict_arch(model.arch, model.exit_list)})
+        models.append((model, model.arch.resolution))
+    for row, ms in zip(rows, measure_subnets(meter, models)):
+        row["measured_ms"] = ms
+    report = {"backend": meter.backend, "device": meter.describe(), "timing": lat.identity["timing"],
+              **agreement([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows],
+                          [r["macs"] for r in rows]), "subnets": rows}
+    write_json(run_dir.latency_check(meter.backend, ".json"), report)
+    _plot(run_dir.latency_check(meter.backend, ".png"), report)
+    exports = [r for r in rows if r.get("export")]
+    if exports:
+        print(table([("export", "<16"), ("predicted (ms)", ">14.3f"), ("measured (ms)", ">13.3f")],
+                    [(r["name"], r["predicted_ms"], r["measured_ms"]) for r in exports]))
+    print(f"check on {len(rows)} subnets ({n} random, {len(exports)} exports): MAPE {100 * report['mape']:.1f} %, "
+          f"Spearman rho {report['spearman']:.3f} (MACs: {report['macs_spearman']:.3f}); report and plot: "
+          f"{run_dir.latency_check(meter.backend, '.json')}")
+
+
+def _plot(path: Path, report: dict[str, Any]) -> None:
+    rows = report["subnets"]
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    for exported, style in ((False, dict(s=14, c="C0", label="random subnets")),
+                            (True, dict(s=60, marker="*", c="C3", label="exports"))):
+        chosen = [r for r in rows if bool(r.get("export")) == exported]
+        if chosen:
+            ax.scatter([r["predicted_ms"] for r in chosen], [r["measured_ms"] for r in chosen], **style)
+    ends = [min(min(r["predicted_ms"], r["measured_ms"]) for r in rows),
+            max(max(r["predicted_ms"], r["measured_ms"]) for r in rows)]
+    ax.plot(ends, ends, c="0.6", lw=0.8, label="predicted = measured")
+    ax.set_xlabel("predicted from the table (ms)")
+    ax.set_ylabel("measured end to end (ms)")
+    ax.set_title(f"{report['backend']}: MAPE {100 * report['mape']:.1f} %, Spearman {report['spearman']:.3f}",
+                 fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
