@@ -3,7 +3,9 @@ predicted from them as the sum of their parts (stem, blocks, dense-skip adds, ex
 
 A table records what it was measured for (backend, space, dense skips, classes, timing) and on what
 (the device); a table that does not fit a run is refused with the difference named. Each part
-holds one time per measuring pass; its median is the part's latency."""
+holds one time per measuring pass; its median is the part's time alone, which the table's
+calibration (a scale and a per-part offset fitted on whole subnets) turns into its share of a
+whole network."""
 from __future__ import annotations
 
 import dataclasses
@@ -43,15 +45,16 @@ def identity(backend: str, space: Space, dense: bool, n_classes: int, timing: Ti
             "dense": dense, "n_classes": n_classes, **({"timing": dataclasses.asdict(timing)} if timing else {})}
 
 
-def _differences(old: Any, new: Any, where: str) -> list[str]:
+def differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """The dotted keys where two nested mappings differ, each with both values."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _differences(old.get(k), new.get(k), f"{where}.{k}" if where else k)]
+                for d in differences(old.get(k), new.get(k), f"{where}.{k}" if where else k)]
     return [] if old == new else [f"{where} {old!r} (here: {new!r})"]
 
 
 class LatencyTable:
-    """Per-part latencies (ms) of one space on one backend and the calibration scale; `predict` for
+    """Per-part latencies (ms) of one space on one backend and their calibration; `predict` for
     encodings, `predict_arch` for one architecture."""
 
     def __init__(self, ident: dict[str, Any], device: dict[str, Any], times: dict[str, list[float]],
@@ -73,13 +76,17 @@ class LatencyTable:
         if not isinstance(times, dict) or not all(isinstance(v, list) and v and all(map(_is_ms, v))
                                                    for v in times.values()):
             raise FileFormatError(path, "holds part times that are not lists of positive milliseconds")
-        if calibration is not None and not (isinstance(calibration, dict) and _is_ms(calibration.get("scale"))):
-            raise FileFormatError(path, "holds a calibration without a positive 'scale'")
+        if calibration is not None and not (isinstance(calibration, dict) and _is_ms(calibration.get("scale"))
+                                            and isinstance(calibration.get("offset_ms"), (int, float))):
+            raise FileFormatError(path, "holds a calibration without a positive 'scale' and an 'offset_ms'")
         require_fields(path, data["timing"], [f.name for f in dataclasses.fields(Timing)], " in 'timing'")
+        require_fields(path, data["space"], [f.name for f in dataclasses.fields(Space)], " in 'space'")
+        if not all(_is_ms(v) or (k == "warmup" and v == 0) for k, v in data["timing"].items()):
+            raise FileFormatError(path, "holds a 'timing' whose settings are not positive numbers")
         try:
             table = cls({k: data[k] for k in IDENTITY}, data["device"], times, calibration)
         except (TypeError, ValueError) as err:
-            raise FileFormatError(path, f"describes no valid space or timing ({err})") from None
+            raise FileFormatError(path, f"describes no valid space ({err})") from None
         unknown = sorted(set(times) - set(table.keys))
         if unknown:
             raise FileFormatError(path, f"holds parts its space does not have, such as {unknown[0]!r}")
@@ -96,44 +103,51 @@ class LatencyTable:
     def check(self, expected: dict[str, Any], path: str | Path) -> None:
         """LatencyError unless the table was measured for the keys of `expected` (an `identity`, or a
         part of one) and is complete."""
-        diff = _differences({k: self.identity[k] for k in expected}, expected, "")
+        diff = differences({k: self.identity[k] for k in expected}, expected, "")
         if diff:
             raise LatencyError(f"{path} was measured for another setting: {'; '.join(diff)}")
         missing = self.missing()
         if missing or self.calibration is None:
-            raise LatencyError(f"{path} is incomplete: {len(missing)} of {len(self.keys)} parts and the calibration "
-                               "are still to be measured")
+            still = [f"{len(missing)} of {len(self.keys)} parts"] * bool(missing) + ["the calibration"]
+            raise LatencyError(f"{path} is incomplete: {' and '.join(still)} still to be measured; run the "
+                               "`nat2 latency` that started it again to finish it")
 
-    @property
-    def scale(self) -> float:
-        return self.calibration["scale"] if self.calibration else 1.0
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two tables' predictions differ (a search records it, so a resumed search
+        never mixes latencies of two tables)."""
+        calibration = {k: self.calibration[k] for k in ("scale", "offset_ms")} if self.calibration else None
+        return {"device": self.device, "timing": self.identity["timing"], "calibration": calibration}
 
     def ms(self, key: str) -> float:
         """One part's time alone (the median pass)."""
         return statistics.median(self.times[key])
 
-    def _block(self, width: float, resolution: int, s: int, b: int, block: Block) -> float:
-        adds = dense_adds(b) * self.ms(add_key(width, resolution, s)) if self.dense and dense_adds(b) else 0.0
-        return self.ms(block_key(width, resolution, s, b, block)) + adds
+    def part(self, key: str) -> float:
+        """One part's share of a whole subnet's time: its time alone, calibrated (never below 0)."""
+        c = self.calibration or {"scale": 1.0, "offset_ms": 0.0}
+        return max(0.0, c["scale"] * self.ms(key) + c["offset_ms"])
 
-    def parts_sum(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> float:
-        """The sum of the times alone of the parts of `Supernet.extract(arch, exits)`."""
-        total = self.ms(stem_key(arch.width, arch.resolution))
+    def arch_parts(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> list[str]:
+        """The keys of the parts `Supernet.extract(arch, exits)` runs, a dense-skip add once per use."""
+        w, r = arch.width, arch.resolution
+        keys = [stem_key(w, r)]
         for s, b, block in arch.blocks():
-            total += self._block(arch.width, arch.resolution, s, b, block)
-        return total + sum(self.ms(head_key(arch.width, arch.resolution, x)) for x in normalize_exits(arch, exits))
+            keys += [block_key(w, r, s, b, block)] + [add_key(w, r, s)] * (dense_adds(b) if self.dense else 0)
+        return keys + [head_key(w, r, x) for x in normalize_exits(arch, exits)]
 
     def predict_arch(self, arch: Architecture, exits: Sequence[int] | str | None = None) -> float:
-        """Milliseconds of the subnet `Supernet.extract(arch, exits)` would build."""
-        return self.scale * self.parts_sum(arch, exits)
+        """Milliseconds of the subnet `Supernet.extract(arch, exits)` would build: its parts one by one."""
+        return sum(self.part(k) for k in self.arch_parts(arch, exits))
 
     def predict(self, space: SearchSpace, X: np.ndarray) -> np.ndarray:
         """Milliseconds of the single-exit subnets of many encodings of `space` (the table's space)."""
         if space.space not in self._arrays:
+            def block(w: float, r: int, s: int, b: int, block: Block) -> tuple[float]:
+                adds = dense_adds(b) * self.part(add_key(w, r, s)) if self.dense and dense_adds(b) else 0.0
+                return (self.part(block_key(w, r, s, b, block)) + adds,)
             self._arrays[space.space] = space.part_tables(
-                lambda w, r, s, b, block: (self._block(w, r, s, b, block),),
-                lambda w, r, x: (self.ms(stem_key(w, r)) + self.ms(head_key(w, r, x)),), np.float64)
-        return self.scale * space.sum_parts(X, self._arrays[space.space])[:, 0]
+                block, lambda w, r, x: (self.part(stem_key(w, r)) + self.part(head_key(w, r, x)),), np.float64)
+        return space.sum_parts(X, self._arrays[space.space])[:, 0]
 
 
 def _is_ms(value: Any) -> bool:
@@ -147,14 +161,20 @@ def build_table(path: Path, ident: dict[str, Any], meter: Meter) -> tuple[Latenc
     mixed."""
     if path.exists():
         table = LatencyTable.read(path)
-        diff = _differences(table.identity, ident, "") or _differences(table.device, meter.describe(), "device")
+        diff = differences(table.identity, ident, "")
         if diff:
-            raise LatencyError(f"{path} holds a table measured for another setting: {'; '.join(diff)}; move or delete "
-                               "it to measure this one")
+            timing = all(d.startswith("timing.") for d in diff)
+            raise LatencyError(f"{path} holds a table measured for another setting: {'; '.join(diff)}; " + (
+                "continue it with its own settings (the latency section, --batch, --threads)" if timing else
+                "it belongs to another run or space") + ", or move it away to measure a new one")
+        diff = differences(table.device, meter.describe(), "device")
+        if diff:
+            raise LatencyError(f"{path} was measured on another machine or library version: {'; '.join(diff)}; "
+                               "finish it there, or move it away to measure a new one here")
     else:
         table = LatencyTable(ident, meter.describe(), {})
     missing = set(table.missing())
-    todo = [p for p in parts(table.space, table.dense, table.n_classes) if p.key in missing]
+    todo = [p for p in parts(table.space, table.dense, table.n_classes, table.timing.batch) if p.key in missing]
     bar = tqdm(total=len(todo), desc=f"latency table ({meter.backend})", unit="part", leave=False,
                disable=not sys.stderr.isatty())
     for start in range(0, len(todo), CHUNK):
@@ -167,11 +187,21 @@ def build_table(path: Path, ident: dict[str, Any], meter: Meter) -> tuple[Latenc
     if table.calibration is None:
         archs = table.space.sample(np.random.default_rng(CALIBRATION_SEED), table.timing.calibration)
         whole = measure_subnets(meter, [(Subnet(a, table.n_classes, dense=table.dense), a.resolution) for a in archs])
-        ratios = [w / table.parts_sum(a) for w, a in zip(whole, archs)]
-        table.calibration = {"scale": statistics.median(ratios), "subnets": len(archs), "seed": CALIBRATION_SEED,
-                             "ratios": ratios}
+        table.calibration = calibrate([[table.ms(k) for k in table.arch_parts(a)] for a in archs], whole)
         table.write(path)
     return table, len(todo)
+
+
+def calibrate(alone: Sequence[Sequence[float]], whole: Sequence[float]) -> dict[str, Any]:
+    """Scale and per-part offset (ms) that best turn the parts' times alone into whole subnets'
+    times (least squares): a part runs slower in a network, where its weights are not in cache,
+    and a backend that runs a network as one graph pays its per-call overhead once, not per part."""
+    A = np.array([[sum(t), len(t)] for t in alone])
+    (scale, offset), _, rank, _ = np.linalg.lstsq(A, np.asarray(whole), rcond=None)
+    if rank < 2 or scale <= 0:              # too few or too alike subnets for two numbers: the ratio alone
+        scale, offset = float(np.median(np.asarray(whole) / A[:, 0])), 0.0
+    return {"scale": float(scale), "offset_ms": float(offset), "subnets": len(whole), "seed": CALIBRATION_SEED,
+            "whole_ms": list(whole), "parts_ms": [float(sum(t)) for t in alone]}
 
 
 def measure_subnets(meter: Meter, models: Sequence[tuple[nn.Module, int]]) -> list[float]:
@@ -190,11 +220,14 @@ def interleaved(meter: Meter, calls: Sequence[Callable[[], Any]], passes: int) -
     return times
 
 
-def agreement(predicted: Sequence[float], measured: Sequence[float], macs: Sequence[float]) -> dict[str, float]:
+def agreement(predicted: Sequence[float], measured: Sequence[float], macs: Sequence[float]) -> dict[str, Any]:
     """How well the table predicts measured latency: mean absolute percentage error, Spearman rho,
-    and for comparison the Spearman rho of MACs with the measured latency."""
+    and for comparison the Spearman rho of MACs with the measured latency (None where a rank
+    correlation is undefined: one subnet, or constant values)."""
     p, m = np.asarray(predicted, dtype=float), np.asarray(measured, dtype=float)
-    return {"n": len(m), "mape": float(np.mean(np.abs(p - m) / m)),
-            "max_ape": float(np.max(np.abs(p - m) / m)),
-            "spearman": float(spearmanr(p, m).statistic) if len(m) > 1 else math.nan,
-            "macs_spearman": float(spearmanr(macs, m).statistic) if len(m) > 1 else math.nan}
+
+    def rho(x: Any) -> float | None:
+        value = float(spearmanr(x, m).statistic) if len(m) > 1 else math.nan
+        return value if math.isfinite(value) else None
+    return {"n": len(m), "mape": float(np.mean(np.abs(p - m) / m)), "max_ape": float(np.max(np.abs(p - m) / m)),
+            "spearman": rho(p), "macs_spearman": rho(macs)}

@@ -46,12 +46,12 @@ def bench(name: str, backend: str, subnets: int, passes: int, folder: Path) -> d
     measured = measure_subnets(whole, [(Subnet(a, N_CLASSES, dense=config.supernet.dense), a.resolution)
                                        for a in archs])
     predicted = table.predict(space, X)
-    plain = np.array([table.parts_sum(a) for a in archs])
+    plain = np.array([sum(table.ms(k) for k in table.arch_parts(a)) for a in archs])
     macs = space.costs(X, N_CLASSES)[1]
     return {"space": {"resolutions": list(space.space.resolutions), "widths": list(space.space.widths),
                       "keys": list(space.space.keys), "exits": list(space.space.exits), "dense": table.dense},
             "timing": dataclasses.asdict(timing), "parts": len(table.keys), "build_seconds": round(seconds, 1),
-            "calibration_scale": table.scale,
+            "calibration": {k: table.calibration[k] for k in ("scale", "offset_ms", "subnets")},
             **agreement(predicted, measured, macs),
             "mape_uncalibrated": float(np.mean(np.abs(plain - measured) / measured)),
             "measured_ms": {"min": min(measured), "median": float(np.median(measured)), "max": max(measured)}}

@@ -95,16 +95,17 @@ class _Stem(nn.Module):
 
 
 class _Add(nn.Module):
-    def __init__(self, shape: tuple[int, int, int]) -> None:
+    def __init__(self, shape: tuple[int, int, int], batch: int) -> None:
         super().__init__()
-        self.register_buffer("skip", torch.randn(1, *shape))
+        self.register_buffer("skip", torch.randn(batch, *shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.skip
 
 
-def parts(space: Space, dense: bool, n_classes: int) -> Iterator[Part]:
-    """Every part of the subnets of `space`, in a fixed order; modules are built when asked for."""
+def parts(space: Space, dense: bool, n_classes: int, batch: int = 1) -> Iterator[Part]:
+    """Every part of the subnets of `space`, in a fixed order; modules are built when asked for
+    (the dense-skip add's second operand for `batch` images)."""
     max_depth, max_exit = max(space.depths), max(space.exits)
     for width in space.widths:
         plan = Plan(width)
@@ -119,7 +120,7 @@ def parts(space: Space, dense: bool, n_classes: int) -> Iterator[Part]:
                                    (pos.in_channels, size, size))
                 shape = (plan.stage_channels(s), sizes[s + 1], sizes[s + 1])
                 if dense and dense_adds(max_depth - 1):
-                    yield Part(add_key(width, r, s), lambda c=shape: _Add(c), shape)
+                    yield Part(add_key(width, r, s), lambda c=shape: _Add(c, batch), shape)
                 if s + 1 in space.exits:
                     yield Part(head_key(width, r, s + 1),
                                lambda w=width, x=s + 1: _Fixed(w, (x,), n_classes).exits[str(x)], shape)
@@ -132,8 +133,8 @@ class Timing:
     timer's resolution); the median round gives the time of one call. Everything is timed in
     `passes` interleaved passes and the median pass is kept, so a burst of other work on the
     machine spoils one pass of a few parts, not a part. Parts timed alone keep their weights in
-    cache, whole networks do not: `calibration` random subnets are also timed whole, and the
-    median ratio of whole to sum of parts scales every prediction."""
+    cache, whole networks do not: `calibration` random subnets are also timed whole to calibrate
+    the sum of parts (`nat2.latency.calibrate`)."""
 
     batch: int = 1
     threads: int = 1
