@@ -23,10 +23,12 @@ from pymoo.core.decision_making import NeighborFinder, find_outliers_upper_tail
 from predictors import PREDICTORS, AdaptivePredictor, KFoldEnsemble, correlation_report, make_predictor
 from supernets.settings import check_fields
 
-from .archive import Archive, ArchiveError, Record, check_objectives, hypervolume, initial_archive, reference_point
+from .archive import (COSTS, Archive, ArchiveError, Record, check_objectives, hypervolume, initial_archive,
+                      reference_point)
 from .candidates import choose_candidates, generate
 from .evaluate import Evaluator
 from ..files import FileFormatError, read_json, require_fields, write_json
+from ..latency import differences
 from .plots import curves_plot, pareto_plot
 from ..space import SearchSpace
 
@@ -212,6 +214,8 @@ class Search:
         ref, ideal = reference_point(archive.F)
         self.state.update(objectives=list(self.objectives), reference_point=ref.tolist(), ideal=ideal.tolist(),
                           seed=self.settings.seed, iterations_done=0)
+        if self.evaluator.latency is not None:
+            self.state["latency_table"] = self.evaluator.latency.fingerprint()
 
     def iteration(self, k: int, archive: Archive) -> Archive:
         """One NAT2 iteration k (1-based): fit the predictor, generate and evaluate candidates, survive,
@@ -259,6 +263,12 @@ class Search:
             if self.state["objectives"] != list(self.objectives):
                 raise ArchiveError(f"{state_path}: the search ran with objectives {self.state.get('objectives')}, "
                                  f"not {list(self.objectives)}; start a new run directory")
+            table = self.evaluator.latency
+            diff = differences(self.state.get("latency_table"), table.fingerprint()) if table is not None else []
+            if diff:
+                raise ArchiveError(f"{state_path}: the search ran with another {table.backend} latency table than the "
+                                   f"one now in the run directory ({'; '.join(diff)}); restore that table, or start "
+                                   "a new run directory to search on this one")
         archive = self.initial()
         for k in range(1, self.settings.iterations + 1):
             path = self.files.archive(k)
@@ -289,13 +299,13 @@ class Search:
 
     def final(self, archive: Archive) -> list[dict[str, Any]]:
         """The non-dominated archive and its knees, scored once on the TEST split."""
-        front = sorted(archive.front(), key=lambda r: r["macs"])
+        front = sorted(archive.front(), key=lambda r: r["latency" if "latency" in self.objectives else "macs"])
         knees = self.knees(front)
         tested = self.evaluator.evaluate(np.array([r["encoding"] for r in front]), self.settings.iterations,
                                          self.files.final_test, "test split", split="test")
         rows = [{"id": f"subnet_{i:02d}", "encoding": r["encoding"], "arch": self.space.decode(np.array(r["encoding"])).to_dict(),
-                 "val_top1": r["top1"], "test_top1": t["top1"], "params": r["params"], "macs": r["macs"],
-                 **({"latency": r["latency"]} if "latency" in r else {}), "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
+                 "val_top1": r["top1"], "test_top1": t["top1"], **{k: r[k] for k in COSTS if k in r},
+                 "knee": i in knees} for i, (r, t) in enumerate(zip(front, tested))]
         if self.is_main:
             write_json(self.files.final, rows)
             cost = next((o for o in self.objectives if o != "acc"), "macs")
