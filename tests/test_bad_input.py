@@ -122,9 +122,9 @@ def _image_folder(broken: str = "", test: bool = True) -> Setup:
     return setup
 
 
-def _table(resolutions: tuple[int, ...] = (12, 16), text: str | None = None) -> Setup:
+def _table(resolutions: tuple[int, ...] = (12, 16), text: str | None = None, change: Callable = lambda d: d) -> Setup:
     """latency/torch-cpu.json of the run: `text`, or a complete table (of made-up times) measured
-    for the tiny space with `resolutions`."""
+    for the tiny space with `resolutions`, its JSON passed through `change`."""
     def setup(run: RunDir, tmp: Path) -> None:
         path = run.latency_table("torch-cpu")
         path.parent.mkdir(exist_ok=True)
@@ -134,7 +134,8 @@ def _table(resolutions: tuple[int, ...] = (12, 16), text: str | None = None) -> 
         space = dataclasses.replace(load_config(run.config_file).supernet.search_space().space, resolutions=resolutions)
         times = {p.key: [0.1, 0.1, 0.1] for p in parts(space, False, 10)}
         LatencyTable(identity("torch-cpu", space, False, 10, Timing()), {"backend": "torch-cpu"}, times,
-                     {"scale": 1.0}).write(path)
+                     {"scale": 1.0, "offset_ms": 0.0}).write(path)
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
     return setup
 
 
@@ -276,6 +277,13 @@ CASES = {
     "latency-table-without-parts": Case(("latency", RUN), ("torch-cpu.json", "'parts'"), _table(text="{}")),
     "latency-table-of-another-space": Case(("latency", RUN), ("torch-cpu.json", "space.resolutions"),
                                            _table((16,))),
+    "latency-table-space-not-a-mapping": Case(("latency", RUN), ("torch-cpu.json", "'space'"),
+                                              _table(change=lambda d: {**d, "space": 3})),
+    "latency-table-timing-not-numbers": Case(("latency", RUN), ("torch-cpu.json", "'timing'"),
+                                             _table(change=lambda d: {**d, "timing": {**d["timing"], "passes": "3"}})),
+    "latency-config-of-another-space": Case(("latency", "{tmp}/run.yaml", "--set", "supernet.resolutions=[12]"),
+                                            ("config.yaml", "supernet.resolutions"),
+                                            lambda r, t: write_config(t, "run")),
     "search-latency-without-table": Case(("search", RUN, *LATENCY), ("torch-cpu.json", "nat2 latency"),
                                          _without("search", "select", "finetune", "export")),
     "search-latency-table-of-another-space": Case(("search", RUN, *LATENCY), ("torch-cpu.json", "space.resolutions"),

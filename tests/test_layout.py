@@ -55,7 +55,7 @@ def test_no_stage_imports_another():
 
 RUN_DIR_NAMES = re.compile(r"""["'/](config\.yaml|env\.json|state\.json|archive\.json|stats\.json|final\.json|"""
                            r"""selected\.json|result\.json|final\.pt|best\.pt|last\.pt|tfsearch/|iter_|supernet/|"""
-                           r"""search/|finetune/|final/)|f"w\{width""")
+                           r"""search/|finetune/|final/|latency/|check_\{)|f"w\{width""")
 
 
 def test_only_rundir_knows_the_run_directory_names():

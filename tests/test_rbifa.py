@@ -318,7 +318,7 @@ def test_rb_select_ties_and_missing_values():
 
 def test_rb_select_rejects_bad_keys():
     with pytest.raises(ValueError, match="no known direction"):
-        rb_select(RECORDS, 0.5, ["latency"])
+        rb_select(RECORDS, 0.5, ["energy"])
     with pytest.raises(ValueError, match="record 0 has no 'top1'"):
         rb_select(RECORDS, 0.5, ["top1"])
     with pytest.raises(ValueError, match=r"expected \+1"):

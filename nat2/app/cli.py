@@ -32,7 +32,8 @@ COMMANDS: dict[str, tuple[str, Callable[[Any, Any, Any, argparse.Namespace], Non
     "evaluate": ("stages.evaluate", lambda m, c, r, a: m.run(c, r, a.subnet, a.split, a.format),
                  "score an exported subnet on a split of the dataset"),
     "latency": ("stages.latency", lambda m, c, r, a: m.run(c, r, a.backend, a.batch, a.threads, a.check),
-                "measure the latency table of the run's space on this machine (and check it against whole subnets)"),
+                "measure the latency table of the run's space on this machine; resumable (--check: compare it with "
+                "whole subnets)"),
     "run": ("pipeline", lambda m, c, r, a: m.run(c, r),
             "the whole pipeline: train-supernet, search, select, finetune, export; run it again to resume"),
 }

@@ -136,15 +136,24 @@ def latency_table(config: Config, run_dir: RunDir) -> LatencyTable | None:
         return None
     backend, path = config.latency.backend, run_dir.latency_table(config.latency.backend)
     if not path.is_file():
-        target = run_dir.path if run_dir.config_file.is_file() else "<this config>"
         raise LatencyError(f"search.objectives names latency, but {path} does not exist; build it on the machine the "
-                           f"subnets will run on: `nat2 latency {target} --backend {backend}`")
-    return run_table(config, path, backend, config.data.load().n_classes)
+                           f"subnets will run on: {_measure(run_dir, backend)}")
+    return run_table(config, run_dir, backend, config.data.load().n_classes)
 
 
-def run_table(config: Config, path: Path, backend: str, n_classes: int) -> LatencyTable:
-    """The latency table in `path`, refused (LatencyError) unless it is complete and was measured
-    on `backend` for this run's space, dense skips and classes."""
+def run_table(config: Config, run_dir: RunDir, backend: str, n_classes: int) -> LatencyTable:
+    """The run's latency table of `backend`, refused (LatencyError) unless it is complete and was
+    measured for this run's space, dense skips and classes."""
+    path = run_dir.latency_table(backend)
     table = LatencyTable.read(path)
-    table.check(identity(backend, config.supernet.search_space().space, config.supernet.dense, n_classes), path)
+    try:
+        table.check(identity(backend, config.supernet.search_space().space, config.supernet.dense, n_classes), path)
+    except LatencyError as err:
+        hint = "" if "incomplete" in str(err) else f"; measure this run's table with {_measure(run_dir, backend)}"
+        raise LatencyError(f"{err}{hint}") from None
     return table
+
+
+def _measure(run_dir: RunDir, backend: str) -> str:
+    target = run_dir.path if run_dir.config_file.is_file() else "CONFIG (this run's config file)"
+    return f"`nat2 latency {target} --backend {backend}`"

@@ -45,7 +45,8 @@ def run(config: Config, run_dir: RunDir) -> None:
 def summary(run_dir: RunDir) -> str:
     """The final table of a finished run: exported subnets with their test top-1 and costs."""
     exports = list(run_dir.exports().values())
-    backends = sorted(set.intersection(*(set(m.get("latency_ms", {})) for m in exports))) if exports else []
+    measured = [{b for b, v in m.get("latency_ms", {}).items() if "measured" in v} for m in exports]
+    backends = sorted(set.intersection(*measured)) if exports else []
     rows = [(m["subnet"], ",".join(map(str, m["exits"])), m["accuracy"]["test_top1"], m["params"] / 1e6,
              m["macs"] / 1e6, *(m["latency_ms"][b]["measured"] for b in backends), m["arch"]) for m in exports]
     lines = [table([("subnet", "<16"), ("exits", "<10"), ("test top-1", ">10.2f"), ("params (M)", ">10.3f"),

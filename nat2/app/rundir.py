@@ -32,7 +32,8 @@ import yaml
 from postprocess import read_metadata
 
 from ..files import FileFormatError, read_json, require_fields, write_json, write_text
-from .config import Config, ConfigError, read_yaml
+from .choices import BACKENDS
+from .config import Config, ConfigError, load_config
 
 # Keys that may change between a run and its resume: they do not change the results.
 RUNTIME_KEYS = {("train", "num_workers"), ("train", "device"), ("train", "eval_batch_size"),
@@ -149,8 +150,9 @@ class RunDir:
         return self.path / "logs" / "tensorboard" / _width(width)
 
     def saved_config(self) -> dict[str, Any] | None:
-        """The config recorded by the last stage that ran here (a plain mapping), if any."""
-        return read_yaml(self.config_file) if self.config_file.is_file() else None
+        """The config recorded by the last stage that ran here (a plain mapping), if any, with the
+        defaults of keys added to nat2 since it was written (so such a run still resumes)."""
+        return load_config(self.config_file).to_dict() if self.config_file.is_file() else None
 
     def stage(self, name: str) -> Path:
         """The folder of stage `name` (a key of STAGE_FOLDERS)."""
@@ -171,7 +173,8 @@ class RunDir:
             if not folder.exists():
                 raise ConfigError(f"--resume: {folder} does not exist; run without --resume to start this stage")
             saved = self.saved_config()
-            diff = [] if saved is None else config_differences(saved, config.to_dict())
+            unused = () if "latency" in config.search.objectives else ("latency.backend",)
+            diff = [] if saved is None else config_differences(saved, config.to_dict(), ignore=unused)
             if diff:
                 raise ConfigError(f"--resume: the config differs from {self.config_file} at {', '.join(diff)}; "
                                   "resume with the run's own config")
@@ -246,8 +249,7 @@ class RunDir:
 
     def latency_tables(self) -> dict[str, Path]:
         """Backend -> its latency table, for the tables this run directory holds."""
-        folder = self.stage("latency")
-        return {p.stem: p for p in sorted(folder.glob("*.json")) if not p.name.startswith("check_")}
+        return {b: self.latency_table(b) for b in BACKENDS if self.latency_table(b).is_file()}
 
     def latency_check(self, backend: str, suffix: str) -> Path:
         """The `--check` report (.json) and scatter plot (.png) of a backend's table."""

@@ -11,6 +11,7 @@ from postprocess import ExportError, export_subnet, load_finetuned
 from supernets import Subnet
 from supernets.latency import LatencyError, Meter
 
+from ...files import FileFormatError
 from ...latency import LatencyTable, measure_subnets
 from ..config import Config
 from ..context import export_name, finetune_jobs, run_table, setup_logging
@@ -51,7 +52,7 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
         return
     data = config.data
     splits = data.load()
-    meters = _meters(config, run_dir, splits.n_classes)
+    tables = _tables(config, run_dir, splits.n_classes)
     for name in wanted:
         row, variant = names[name]
         result = run_dir.result(row["id"], variant)
@@ -68,7 +69,7 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
             "dataset": data.name, "n_classes": splits.n_classes,
             "input": {"layout": "NCHW RGB float32", "size": [model.arch.resolution] * 2,
                       "scale": "pixel / 255", "mean": list(splits.mean), "std": list(splits.std)},
-            "latency_ms": {backend: _latency(model, table, meter) for backend, (table, meter) in meters.items()},
+            "latency_ms": {backend: _latency(model, table, meter) for backend, (table, meter) in tables.items()},
         }
         folder = run_dir.export(name)
         parity = export_subnet(model, folder, metadata, tolerance=config.export.tolerance)
@@ -77,19 +78,28 @@ def run(config: Config, run_dir: RunDir, subnets: Sequence[str] | None = None) -
               + ", ".join(f"{k} {v:.1e}" for k, v in parity.items()) + ")")
 
 
-def _meters(config: Config, run_dir: RunDir, n_classes: int) -> dict[str, tuple[LatencyTable, Meter]]:
-    """The run's latency tables with a meter for each backend that runs on this machine."""
-    out = {}
+def _tables(config: Config, run_dir: RunDir, n_classes: int) -> dict[str, tuple[LatencyTable, Meter | None]]:
+    """The run's usable latency tables, each with a meter when its backend runs here and the table
+    was measured on this machine (a table copied from another device predicts, it cannot be
+    compared with timings taken here)."""
+    out: dict[str, tuple[LatencyTable, Meter | None]] = {}
     for backend, path in run_dir.latency_tables().items():
-        table = run_table(config, path, backend, n_classes)
         try:
-            out[backend] = table, Meter(backend, table.timing)
-        except LatencyError as err:
-            log.warning("the exports' latency on %s is not measured: %s", backend, err)
+            table = run_table(config, run_dir, backend, n_classes)
+            meter = Meter(backend, table.timing)
+        except (LatencyError, FileFormatError) as err:
+            log.warning("the exports' latency on %s is not recorded: %s", backend, err)
+            continue
+        if meter.describe() != table.device:
+            log.info("%s was measured on another machine: the exports' latency on it is predicted, not measured", path)
+            meter = None
+        out[backend] = table, meter
     return out
 
 
-def _latency(model: Subnet, table: LatencyTable, meter: Meter) -> dict[str, Any]:
-    measured = measure_subnets(meter, [(copy.deepcopy(model), model.arch.resolution)])[0]
-    return {"predicted": table.predict_arch(model.arch, model.exit_list), "measured": measured,
-            "batch": table.timing.batch, "threads": table.timing.threads}
+def _latency(model: Subnet, table: LatencyTable, meter: Meter | None) -> dict[str, Any]:
+    record = {"predicted": table.predict_arch(model.arch, model.exit_list), "batch": table.timing.batch,
+              "threads": table.timing.threads, "device": table.device}
+    if meter is not None:
+        record["measured"] = measure_subnets(meter, [(copy.deepcopy(model), model.arch.resolution)])[0]
+    return record

@@ -4,6 +4,7 @@ random ones and the run's exports, timed end to end (latency/check_<backend>.jso
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,9 @@ from supernets.latency import Meter
 
 from ...files import write_json
 from ...latency import LatencyTable, agreement, build_table, identity, measure_subnets
-from ..config import Config
+from ..config import Config, ConfigError
 from ..context import setup_logging
-from ..rundir import RunDir
+from ..rundir import RunDir, config_differences
 from ..tables import table
 
 matplotlib.use("Agg")
@@ -32,11 +33,19 @@ def run(config: Config, run_dir: RunDir, backend: str | None = None, batch: int 
         threads: int | None = None, check: int = 0) -> None:
     """Measure (or finish) the table of `backend` (default latency.backend); then check it on
     `check` random subnets and the exports."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("nat2 latency times on one process; run it without torchrun")
     s = config.latency
     meter = Meter(backend or s.backend, s.timing(batch, threads))
-    n_classes = config.data.load().n_classes
-    if not run_dir.config_file.is_file():
+    saved = run_dir.saved_config()
+    if saved is None:
         run_dir.prepare(config, "latency", resume=run_dir.stage("latency").exists())
+    else:
+        diff = [d for d in config_differences(saved, config.to_dict()) if d.split(".")[0] in ("data", "supernet")]
+        if diff:
+            raise ConfigError(f"the config differs from {run_dir.config_file} at {', '.join(diff)}; a latency table "
+                              "is measured for its run's space: pass the run directory, or set run.dir to a new one")
+    n_classes = config.data.load().n_classes
     setup_logging(run_dir, "latency", True)
     space = config.supernet.search_space()
     path = run_dir.latency_table(meter.backend)
@@ -45,11 +54,12 @@ def run(config: Config, run_dir: RunDir, backend: str | None = None, batch: int 
     lat, timed = build_table(path, identity(meter.backend, space.space, config.supernet.dense, n_classes,
                                            meter.timing), meter)
     smallest, largest = (lat.predict(space, x)[0] for x in (space.min_encoding, space.max_encoding))
-    log.info("%d parts timed in %.0f s (of %d); calibration scale %.3f", timed, time.time() - start,
-             len(lat.keys), lat.scale)
-    print(f"latency table ({meter.backend}): {path}\n{len(lat.keys)} parts ({timed} timed now in "
-          f"{time.time() - start:.0f} s), calibration scale {lat.scale:.3f}; predicted {smallest:.3f} ms for the "
-          f"smallest subnet, {largest:.3f} ms for the largest")
+    c = lat.calibration
+    summary = (f"{len(lat.keys)} parts ({timed} timed now in {time.time() - start:.0f} s); calibration: "
+               f"x {c['scale']:.3f} {c['offset_ms']:+.4f} ms per part; predicted {smallest:.3f} ms for the smallest "
+               f"subnet, {largest:.3f} ms for the largest")
+    log.info("%s", summary)
+    print(f"latency table ({meter.backend}): {path}\n{summary}")
     if check:
         _check(config, run_dir, lat, meter, check, n_classes)
 
@@ -82,8 +92,12 @@ def _check(config: Config, run_dir: RunDir, lat: LatencyTable, meter: Meter, n: 
         print(table([("export", "<16"), ("predicted (ms)", ">14.3f"), ("measured (ms)", ">13.3f")],
                     [(r["name"], r["predicted_ms"], r["measured_ms"]) for r in exports]))
     print(f"check on {len(rows)} subnets ({n} random, {len(exports)} exports): MAPE {100 * report['mape']:.1f} %, "
-          f"Spearman rho {report['spearman']:.3f} (MACs: {report['macs_spearman']:.3f}); report and plot: "
+          f"Spearman rho {_rho(report['spearman'])} (MACs: {_rho(report['macs_spearman'])}); report and plot: "
           f"{run_dir.latency_check(meter.backend, '.json')}")
+
+
+def _rho(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def _plot(path: Path, report: dict[str, Any]) -> None:
@@ -99,7 +113,7 @@ def _plot(path: Path, report: dict[str, Any]) -> None:
     ax.plot(ends, ends, c="0.6", lw=0.8, label="predicted = measured")
     ax.set_xlabel("predicted from the table (ms)")
     ax.set_ylabel("measured end to end (ms)")
-    ax.set_title(f"{report['backend']}: MAPE {100 * report['mape']:.1f} %, Spearman {report['spearman']:.3f}",
+    ax.set_title(f"{report['backend']}: MAPE {100 * report['mape']:.1f} %, Spearman {_rho(report['spearman'])}",
                  fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
