@@ -18,6 +18,7 @@ from supernets.latency import Meter
 
 from ...files import write_json
 from ...latency import LatencyTable, agreement, build_table, identity, measure_subnets
+from ...space import SearchSpace
 from ..config import Config, ConfigError
 from ..context import setup_logging
 from ..rundir import RunDir, config_differences
@@ -53,7 +54,7 @@ def run(config: Config, run_dir: RunDir, backend: str | None = None, batch: int 
     start = time.time()
     lat, timed = build_table(path, identity(meter.backend, space.space, config.supernet.dense, n_classes,
                                            meter.timing), meter)
-    smallest, largest = (lat.predict(space, x)[0] for x in (space.min_encoding, space.max_encoding))
+    smallest, largest = lat.predict(space, np.stack([space.min_encoding, space.max_encoding]))
     c = lat.calibration
     summary = (f"{len(lat.keys)} parts ({timed} timed now in {time.time() - start:.0f} s); calibration: "
                f"x {c['scale']:.3f} {c['offset_ms']:+.4f} ms per part; predicted {smallest:.3f} ms for the smallest "
@@ -61,20 +62,19 @@ def run(config: Config, run_dir: RunDir, backend: str | None = None, batch: int 
     log.info("%s", summary)
     print(f"latency table ({meter.backend}): {path}\n{summary}")
     if check:
-        _check(config, run_dir, lat, meter, check, n_classes)
+        _check(config, run_dir, space, lat, meter, check)
 
 
-def _check(config: Config, run_dir: RunDir, lat: LatencyTable, meter: Meter, n: int, n_classes: int) -> None:
+def _check(config: Config, run_dir: RunDir, space: SearchSpace, lat: LatencyTable, meter: Meter, n: int) -> None:
     """Predicted against measured latency of `n` random subnets and of every export."""
-    space = config.supernet.search_space()
     X = space.sample(np.random.default_rng(config.latency.seed), n)
-    macs = space.costs(X, n_classes)[1]
+    macs, predicted = space.costs(X, lat.n_classes)[1], lat.predict(space, X)
     rows, models = [], []
     for i, x in enumerate(X):
         arch = space.decode(x)
         rows.append({"name": f"random_{i:03d}", "arch": str(arch), "macs": int(macs[i]),
-                     "predicted_ms": float(lat.predict(space, x)[0])})
-        models.append((Subnet(arch, n_classes, dense=config.supernet.dense), arch.resolution))
+                     "predicted_ms": float(predicted[i])})
+        models.append((Subnet(arch, lat.n_classes, dense=lat.dense), arch.resolution))
     for name, meta in run_dir.exports().items():
         model = load_subnet(run_dir.export(name))
         rows.append({"name": name, "arch": meta["arch"], "macs": meta["macs"], "export": True,
